@@ -41,8 +41,14 @@ class VanillaTransformerConfig(PreTrainedConfig):
         "big": dict(d_model=1024, num_heads=16, ffn_dim=4096, num_encoder_layers=6, num_decoder_layers=6, dropout=0.3),
         "small": dict(d_model=256, num_heads=4, ffn_dim=1024, num_encoder_layers=3, num_decoder_layers=3, dropout=0.1),
         "tiny": dict(
-            vocab_size=99, d_model=32, num_heads=4, ffn_dim=64, num_encoder_layers=2, num_decoder_layers=2,
-            dropout=0.0, max_position_embeddings=64,
+            vocab_size=99,
+            d_model=32,
+            num_heads=4,
+            ffn_dim=64,
+            num_encoder_layers=2,
+            num_decoder_layers=2,
+            dropout=0.0,
+            max_position_embeddings=64,
         ),
     }
 

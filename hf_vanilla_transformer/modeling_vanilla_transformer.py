@@ -40,6 +40,14 @@ def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_to
     return decoder_input_ids.masked_fill(decoder_input_ids == -100, pad_token_id)
 
 
+# Only the class being saved gets an `auto_map` entry; list every head so that `AutoModel` and
+# `AutoModelForSeq2SeqLM` both find remote code in a saved folder.
+AUTO_MAP = {
+    "AutoModel": "modeling_vanilla_transformer.VanillaTransformerModel",
+    "AutoModelForSeq2SeqLM": "modeling_vanilla_transformer.VanillaTransformerForConditionalGeneration",
+}
+
+
 class VanillaTransformerPreTrainedModel(PreTrainedModel):
     config: VanillaTransformerConfig
     base_model_prefix = "model"
@@ -115,7 +123,10 @@ class VanillaTransformerDecoder(VanillaTransformerPreTrainedModel):
         super().__init__(config)
         self.embeddings = VanillaEmbeddings(config)
         self.layers = nn.ModuleList(
-            [VanillaLayer(config, i, is_causal=True, has_cross_attention=True) for i in range(config.num_decoder_layers)]
+            [
+                VanillaLayer(config, i, is_causal=True, has_cross_attention=True)
+                for i in range(config.num_decoder_layers)
+            ]
         )
         self.final_norm = nn.LayerNorm(config.d_model, config.layer_norm_eps) if config.norm_position == "pre" else None
         self.post_init()
@@ -177,7 +188,9 @@ class VanillaTransformerDecoder(VanillaTransformerPreTrainedModel):
             )
         if self.final_norm is not None:
             hidden_states = self.final_norm(hidden_states)
-        return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=hidden_states, past_key_values=past_key_values)
+        return BaseModelOutputWithPastAndCrossAttentions(
+            last_hidden_state=hidden_states, past_key_values=past_key_values
+        )
 
 
 class VanillaTransformerModel(VanillaTransformerPreTrainedModel):
@@ -189,6 +202,7 @@ class VanillaTransformerModel(VanillaTransformerPreTrainedModel):
         super().__init__(config)
         self.encoder = VanillaTransformerEncoder(config)
         self.decoder = VanillaTransformerDecoder(config)
+        config.auto_map = {**(getattr(config, "auto_map", None) or {}), **AUTO_MAP}
         self.post_init()
 
     def get_input_embeddings(self):
@@ -258,6 +272,10 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
         self.model = VanillaTransformerModel(config)
         # The output projection has no bias: it is the (shared) embedding matrix, §3.4.
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            # Tied copies are not written; saying so lets `Trainer` resume from a checkpoint without reporting
+            # them as missing (it re-ties them instead).
+            self._keys_to_ignore_on_save = list(self._tied_weights_keys)
         self.post_init()
         # Decoding as in §6.1: beam size 4, length penalty alpha 0.6, an explicit length limit.
         # DEVIATION: transformers divides beam scores by length**alpha, the paper used GNMT's ((5+len)/6)**alpha.

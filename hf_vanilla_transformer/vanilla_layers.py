@@ -81,6 +81,10 @@ def eager_attention_forward(
     Returns the output as (B, T, H, d_k), the layout of every kernel in `ALL_ATTENTION_FUNCTIONS`, and the weights.
     """
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling  # (B, H, T, S)
+    if attention_mask is None and getattr(module, "is_causal", False) and query.shape[2] > 1:
+        # A mask built for SDPA may be None, meaning "is_causal": honour it here too (T new queries end at S).
+        q_len, kv_len = query.shape[2], key.shape[2]
+        attention_mask = torch.ones(q_len, kv_len, dtype=torch.bool, device=query.device).tril(kv_len - q_len)
     if attention_mask is not None:
         if attention_mask.dtype == torch.bool:
             scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
@@ -197,7 +201,9 @@ class VanillaLayer(GradientCheckpointingLayer):
     or pre-LN (GPT-2; DEVIATION as an option) x + Dropout(Sublayer(LayerNorm(x))).
     """
 
-    def __init__(self, config, layer_idx: int | None = None, is_causal: bool = False, has_cross_attention: bool = False):
+    def __init__(
+        self, config, layer_idx: int | None = None, is_causal: bool = False, has_cross_attention: bool = False
+    ):
         super().__init__()
         self.pre_norm = config.norm_position == "pre"
         self.dropout = config.dropout
