@@ -5,12 +5,14 @@ Importing the package registers the classes with the Auto classes, so `AutoConfi
 saved checkpoints carry the configuration and modeling files (and their siblings) as remote code instead.
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
+from .configuration_vanilla_gpt import VanillaGPTConfig
 from .configuration_vanilla_transformer import VanillaTransformerConfig
+from .modeling_vanilla_gpt import VanillaGPTForCausalLM, VanillaGPTModel, VanillaGPTPreTrainedModel
 from .modeling_vanilla_transformer import (
-    VanillaTransformerEncoder,
     VanillaTransformerDecoder,
+    VanillaTransformerEncoder,
     VanillaTransformerForConditionalGeneration,
     VanillaTransformerModel,
     VanillaTransformerPreTrainedModel,
@@ -27,6 +29,14 @@ VanillaTransformerConfig.register_for_auto_class()
 VanillaTransformerModel.register_for_auto_class("AutoModel")
 VanillaTransformerForConditionalGeneration.register_for_auto_class("AutoModelForSeq2SeqLM")
 
+# The GPT variant, model_type="vanilla-gpt": AutoModel and AutoModelForCausalLM.
+AutoConfig.register(VanillaGPTConfig.model_type, VanillaGPTConfig, exist_ok=True)
+AutoModel.register(VanillaGPTConfig, VanillaGPTModel, exist_ok=True)
+AutoModelForCausalLM.register(VanillaGPTConfig, VanillaGPTForCausalLM, exist_ok=True)
+VanillaGPTConfig.register_for_auto_class()
+VanillaGPTModel.register_for_auto_class("AutoModel")
+VanillaGPTForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+
 __all__ = [
     "VanillaTransformerConfig",
     "VanillaTransformerPreTrainedModel",
@@ -34,4 +44,8 @@ __all__ = [
     "VanillaTransformerDecoder",
     "VanillaTransformerModel",
     "VanillaTransformerForConditionalGeneration",
+    "VanillaGPTConfig",
+    "VanillaGPTPreTrainedModel",
+    "VanillaGPTModel",
+    "VanillaGPTForCausalLM",
 ]
