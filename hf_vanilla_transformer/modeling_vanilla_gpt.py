@@ -17,31 +17,26 @@ from transformers.cache_utils import Cache, DynamicCache
 from transformers.generation import GenerationMixin
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
-from transformers.modeling_utils import PreTrainedModel
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_vanilla_gpt import VanillaGPTConfig
-from .vanilla_layers import VanillaAttention, VanillaEmbeddings, VanillaLayer, positions_after_cache
+from .vanilla_layers import (
+    VanillaAttention,
+    VanillaEmbeddings,
+    VanillaLayer,
+    VanillaPreTrainedModel,
+    advertise_auto_classes,
+    positions_after_cache,
+)
 
-# Only the class being saved gets an `auto_map` entry; list both so that `AutoModel` and `AutoModelForCausalLM`
-# find remote code in a saved folder.
 AUTO_MAP = {
     "AutoModel": "modeling_vanilla_gpt.VanillaGPTModel",
     "AutoModelForCausalLM": "modeling_vanilla_gpt.VanillaGPTForCausalLM",
 }
 
 
-class VanillaGPTPreTrainedModel(PreTrainedModel):
+class VanillaGPTPreTrainedModel(VanillaPreTrainedModel):
     config: VanillaGPTConfig
-    base_model_prefix = "model"
-    supports_gradient_checkpointing = True
-    _no_split_modules = ["VanillaLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
-    _supports_sdpa = True
-    _supports_flash_attn = True
-    _supports_flex_attn = True
-    _supports_attention_backend = True
-    _can_compile_fullgraph = True
     _can_record_outputs = {"hidden_states": VanillaLayer, "attentions": VanillaAttention}
 
     @torch.no_grad()
@@ -71,7 +66,7 @@ class VanillaGPTModel(VanillaGPTPreTrainedModel):
         # GPT-2 §2.3: "an additional layer normalization was added after the final self-attention block" (pre-LN only;
         # a post-LN stack already ends normalised).
         self.final_norm = nn.LayerNorm(config.d_model, config.layer_norm_eps) if config.norm_position == "pre" else None
-        config.auto_map = {**(getattr(config, "auto_map", None) or {}), **AUTO_MAP}
+        advertise_auto_classes(config, AUTO_MAP)
         self.post_init()
 
     def get_input_embeddings(self):
@@ -136,12 +131,6 @@ class VanillaGPTForCausalLM(VanillaGPTPreTrainedModel, GenerationMixin):
 
     def set_input_embeddings(self, value):
         self.model.set_input_embeddings(value)
-
-    def get_output_embeddings(self):
-        return self.lm_head
-
-    def set_output_embeddings(self, new_embeddings):
-        self.lm_head = new_embeddings
 
     def forward(
         self,

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.cache_utils import Cache, EncoderDecoderCache
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 
 
 def sinusoidal_positions(position_ids: torch.Tensor, d_model: int) -> torch.Tensor:
@@ -258,6 +258,32 @@ class VanillaLayer(GradientCheckpointingLayer):
         residual = hidden_states
         hidden_states = self.mlp(self._norm_in(hidden_states, self.final_layer_norm))
         return self._residual(residual, hidden_states, self.final_layer_norm)
+
+
+class VanillaPreTrainedModel(PreTrainedModel):
+    """What both models (encoder-decoder and GPT) support, declared once; transformers reads these attributes."""
+
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["VanillaLayer"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = True
+
+    def get_output_embeddings(self):
+        return getattr(self, "lm_head", None)
+
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head = new_embeddings
+
+
+def advertise_auto_classes(config, auto_map: dict) -> None:
+    """Only the class being saved gets an `auto_map` entry; list every head so that each Auto class finds remote
+    code in a saved folder."""
+    config.auto_map = {**(getattr(config, "auto_map", None) or {}), **auto_map}
 
 
 def positions_after_cache(input_shape, past_key_values: Cache | None, device) -> torch.Tensor:
