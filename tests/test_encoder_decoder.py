@@ -154,6 +154,20 @@ def test_eager_and_sdpa_give_the_same_logits(variant):
     torch.testing.assert_close(eager, sdpa, atol=1e-4, rtol=0)
 
 
+def test_flex_attention_gives_the_same_logits_as_eager():
+    model = tiny_model()
+    input_ids = source_batch()
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[0, 5:] = 0
+    batch = dict(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=source_batch(3, length=5))
+    with torch.no_grad():
+        model.set_attn_implementation("eager")
+        eager = model(**batch).logits
+        model.set_attn_implementation("flex_attention")
+        flex = model(**batch).logits
+    torch.testing.assert_close(eager, flex, atol=1e-4, rtol=0)
+
+
 def test_output_attentions_returns_weights_for_each_attention():
     model = tiny_model()
     model.set_attn_implementation("sdpa")
