@@ -20,10 +20,9 @@ if __package__ in (None, ""):  # run as `python training/train_lm.py` from a che
 
 import torch
 from transformers import AutoTokenizer, Trainer, TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from hf_vanilla_transformer import VanillaGPTConfig, VanillaGPTForCausalLM
-from training.cli import UserError, parse_recipe, run_main
+from training.cli import UserError, parse_recipe, resolve_resume_checkpoint, run_main
 from training.lm_data import (
     CausalLMBlockCollator,
     group_into_blocks,
@@ -84,27 +83,12 @@ def check_arguments(model_args, data_args, training_args) -> str | bool | None:
         raise UserError(f"tokenizer must be 'char' or 'bpe', got {data_args.tokenizer!r}")
     if model_args.preset not in VanillaGPTConfig.PRESETS:
         raise UserError(f"unknown preset {model_args.preset!r}; expected one of {', '.join(VanillaGPTConfig.PRESETS)}")
-
-    output_dir = Path(training_args.output_dir)
-    resume = training_args.resume_from_checkpoint
-    if resume is None:
-        if output_dir.is_dir() and any(output_dir.iterdir()):
-            raise UserError(
-                f"output_dir {output_dir} exists and is not empty; "
-                "choose another or pass --resume_from_checkpoint true (latest checkpoint) or PATH"
-            )
-        return None
-    if str(resume).lower() in ("true", "1", "yes"):
-        last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
-        if last is None:
-            raise UserError(f"--resume_from_checkpoint true: no checkpoint-* folder in {output_dir}")
-        return last
-    if not Path(resume).is_dir():
-        raise UserError(f"checkpoint to resume from not found: {resume}")
-    return resume
+    build_config(model_args, None, data_args.block_size)  # impossible sizes fail now, before any file is written
+    return resolve_resume_checkpoint(training_args.output_dir, training_args.resume_from_checkpoint)
 
 
 def build_config(model_args: ModelArguments, tokenizer, block_size: int) -> VanillaGPTConfig:
+    """The model's config; with `tokenizer=None` (a check before the tokenizer exists) the preset's vocabulary."""
     overrides = {
         name: value
         for name, value in vars(model_args).items()
@@ -115,15 +99,15 @@ def build_config(model_args: ModelArguments, tokenizer, block_size: int) -> Vani
     if model_args.dropout is not None and model_args.attention_dropout is None:
         overrides["attention_dropout"] = model_args.dropout  # nanoGPT: one dropout rate everywhere
     overrides.setdefault("max_position_embeddings", block_size)  # nanoGPT: the context is the block size
-    try:
-        config = VanillaGPTConfig.from_preset(
-            model_args.preset,
+    if tokenizer is not None:
+        overrides.update(
             vocab_size=len(tokenizer),
             pad_token_id=tokenizer.pad_token_id,
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
-            **overrides,
         )
+    try:
+        config = VanillaGPTConfig.from_preset(model_args.preset, **overrides)
     except (ValueError, TypeError) as exc:
         raise UserError(str(exc).strip().splitlines()[0]) from None
     if block_size > config.max_position_embeddings:
@@ -164,10 +148,14 @@ def main(argv: list[str]) -> None:
     start = time.perf_counter()
     model_args, data_args, training_args = parse_recipe((ModelArguments, DataArguments, TrainingArguments), argv)
     resume = check_arguments(model_args, data_args, training_args)
+    with training_args.main_process_first(local=False, desc="output_dir check"):
+        pass  # every process has checked output_dir before the main one writes into it
     set_seed(training_args.seed)
     output_dir = Path(training_args.output_dir)
 
-    with training_args.main_process_first(desc="text, tokenizer and blocks"):
+    # The main process reads the text, trains and saves the tokenizer and cuts the blocks first; the others then
+    # load its tokenizer (identical ids everywhere) and reuse the datasets cache where there is one (Hub datasets).
+    with training_args.main_process_first(local=False, desc="text, tokenizer and blocks"):
         splits = load_text_splits(
             data_args.train_file,
             data_args.validation_file,
@@ -181,10 +169,12 @@ def main(argv: list[str]) -> None:
             tokenizer = AutoTokenizer.from_pretrained(saved[0])  # the run's own vocabulary, not a retrained one
         elif training_args.should_save:
             tokenizer = train_tokenizer(data_args.tokenizer, splits["train"]["text"], data_args.bpe_vocab_size)
-            tokenizer.save_pretrained(output_dir)
+            print(f"tokenizer: trained {data_args.tokenizer} ({len(tokenizer)} tokens)")
         else:  # other processes wait above until the main one has saved it
             tokenizer = AutoTokenizer.from_pretrained(output_dir)
         blocks = group_into_blocks(splits, tokenizer, data_args.block_size, data_args.preprocessing_num_workers)
+        if not saved and training_args.should_save:
+            tokenizer.save_pretrained(output_dir)  # once the text is known to give blocks: a refused run writes nothing
 
     config = build_config(model_args, tokenizer, data_args.block_size)
     tokenizer.model_max_length = config.max_position_embeddings

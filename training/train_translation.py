@@ -18,7 +18,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script from a checkout: make `training` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from training.cli import UserError, parse_recipe, run_main  # noqa: E402
+from training.cli import UserError, parse_recipe, resolve_resume_checkpoint, run_main  # noqa: E402
 
 METRIC_PATH = Path(__file__).resolve().parent / "metrics" / "sacrebleu_metric.py"
 PIPELINE_FILE = Path(__file__).resolve().parent / "translation_pipeline.py"
@@ -91,8 +91,8 @@ def argument_types():
 
 def check_arguments(model_args, data_args, paper_args, training_args) -> str | bool | None:
     """Raise `UserError` for contradictory settings; return what to pass as `resume_from_checkpoint`."""
-    from transformers.trainer_utils import get_last_checkpoint
-
+    if training_args.max_steps == 0 or training_args.max_steps < -1:  # 0 would silently mean num_train_epochs
+        raise UserError(f"max_steps must be positive (or -1 for num_train_epochs), got {training_args.max_steps}")
     if (data_args.dataset_name is None) == (data_args.data_dir is None):
         raise UserError("give exactly one of --dataset_name NAME and --data_dir DIR")
     if paper_args.lr_schedule not in ("noam", "trainer"):
@@ -108,24 +108,8 @@ def check_arguments(model_args, data_args, paper_args, training_args) -> str | b
         )
     if n_avg > 0 and training_args.save_strategy == "no":
         raise UserError("--average_last_checkpoints needs saved checkpoints (save_strategy is 'no')")
-
-    output_dir = Path(training_args.output_dir)
-    resume = training_args.resume_from_checkpoint
-    if resume is None or str(resume).lower() in ("false", "none", ""):
-        if output_dir.is_dir() and any(output_dir.iterdir()):
-            raise UserError(
-                f"output_dir {output_dir} exists and is not empty; choose another, or continue it with "
-                "--resume_from_checkpoint true (latest checkpoint) or --resume_from_checkpoint PATH"
-            )
-        return None
-    if str(resume).lower() == "true":
-        last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
-        if last is None:
-            raise UserError(f"--resume_from_checkpoint true: no checkpoint-* folder in {output_dir}")
-        return last
-    if not Path(resume).is_dir():
-        raise UserError(f"checkpoint folder not found: {resume}")
-    return str(resume)
+    model_config(model_args)  # impossible sizes fail now, before any file is written
+    return resolve_resume_checkpoint(training_args.output_dir, training_args.resume_from_checkpoint)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -159,7 +143,7 @@ def get_tokenizer(raw, data_args, training_args):
     from training.translation_data import train_shared_bpe
 
     output_dir = Path(training_args.output_dir)
-    with training_args.main_process_first(desc="tokenizer training"):
+    with training_args.main_process_first(local=False, desc="tokenizer training"):
         if training_args.process_index == 0 and not (output_dir / "tokenizer.json").is_file():
             train = raw["train"]
             tokenizer = train_shared_bpe(
@@ -176,9 +160,9 @@ def get_tokenizer(raw, data_args, training_args):
 # Model
 
 
-def build_model(model_args, tokenizer, data_args):
-    from hf_vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
-    from training.translation_pipeline import CUSTOM_PIPELINES
+def model_config(model_args, **fields):
+    """The preset with the command line's sizes and `fields`; an impossible combination is a `UserError`."""
+    from hf_vanilla_transformer import VanillaTransformerConfig
 
     overrides = {
         name: getattr(model_args, name)
@@ -189,18 +173,25 @@ def build_model(model_args, tokenizer, data_args):
         if getattr(model_args, name) is not None
     }  # fmt: skip
     try:
-        config = VanillaTransformerConfig.from_preset(
-            model_args.preset,
-            vocab_size=len(tokenizer),
-            pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            decoder_start_token_id=tokenizer.bos_token_id,
-            label_smoothing=model_args.label_smoothing,
-            **overrides,
+        return VanillaTransformerConfig.from_preset(
+            model_args.preset, label_smoothing=model_args.label_smoothing, **overrides, **fields
         )
     except (ValueError, TypeError) as exc:
         raise UserError(str(exc).splitlines()[0]) from None
+
+
+def build_model(model_args, tokenizer, data_args):
+    from hf_vanilla_transformer import VanillaTransformerForConditionalGeneration
+    from training.translation_pipeline import CUSTOM_PIPELINES
+
+    config = model_config(
+        model_args,
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.bos_token_id,
+    )
     longest = max(data_args.max_source_length, data_args.max_target_length)
     if config.position_embedding == "learned" and config.max_position_embeddings < longest:
         raise UserError(f"max_position_embeddings={config.max_position_embeddings} < max length {longest}")
@@ -357,6 +348,7 @@ def main(argv: list[str], model_builder=None, publish: bool = True) -> dict:
         trainer.save_state()
 
     if paper_args.average_last_checkpoints > 0:
+        trainer.accelerator.wait_for_everyone()  # the main process may still be writing the last checkpoint
         folders = last_checkpoints(training_args.output_dir, paper_args.average_last_checkpoints)
         if not folders:
             raise UserError(f"no checkpoint-* folders in {training_args.output_dir} to average")

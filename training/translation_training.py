@@ -147,8 +147,8 @@ def average_checkpoints(folders: list[Path]) -> dict[str, torch.Tensor]:
 
 class TimeBudgetCallback(TrainerCallback):
     """Stop training (saving a last checkpoint) once `minutes` of training wall-clock time have passed: a budget
-    that holds on any machine, where a step count would not. Every process decides on its own clock, so under DDP
-    prefer `max_steps` (processes could stop one step apart)."""
+    that holds on any machine, where a step count would not. Under DDP the processes agree after every step (the
+    first one out of time stops them all): stopping one step apart would leave the others waiting forever."""
 
     def __init__(self, minutes: float):
         self.seconds = minutes * 60
@@ -158,7 +158,12 @@ class TimeBudgetCallback(TrainerCallback):
         self.start = time.monotonic()
 
     def on_step_end(self, args, state, control, **kwargs):
-        if time.monotonic() - self.start >= self.seconds:
+        over = time.monotonic() - self.start >= self.seconds
+        if args.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            flag = torch.tensor([float(over)], device=args.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            over = bool(flag.item())
+        if over:
             control.should_training_stop = True
             control.should_save = True
         return control
