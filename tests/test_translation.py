@@ -72,7 +72,7 @@ def test_twenty_step_run_writes_a_hub_ready_folder(trained_folder):
     folder, log = trained_folder
     for name in (
         "config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-        "README.md", "training_curves.png", "all_results.json", "translation_pipeline.py",
+        "README.md", "training_curves.png", "cross_attention.png", "all_results.json", "translation_pipeline.py",
         "modeling_vanilla_transformer.py", "configuration_vanilla_transformer.py", "vanilla_layers.py",
     ):  # fmt: skip
         assert (folder / name).is_file(), name
@@ -89,6 +89,7 @@ def test_twenty_step_run_writes_a_hub_ready_folder(trained_folder):
     card = (folder / "README.md").read_text()
     assert "pipeline_tag: translation" in card and "model-index" in card and "library_name: transformers" in card
     assert "training_curves.png" in card and "trust_remote_code=True" in card
+    assert "![cross-attention](cross_attention.png)" in card  # a heat-map of a test sentence
 
 
 def test_published_model_is_the_average_of_the_last_checkpoints(trained_folder):

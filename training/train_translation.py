@@ -231,6 +231,19 @@ def bleu_metric_fn(tokenizer, references: list[str]):
 # Publishing
 
 
+def plot_cross_attention(model, tokenizer, sample, path: Path) -> Path | None:
+    """The last decoder layer's cross-attention (every head) over the first test sentence and its translation."""
+    if not sample or not sample[0]:
+        return None
+    from hf_vanilla_transformer.visualize import attention_maps
+
+    layer = model.config.num_decoder_layers - 1
+    target = sample[1] or None  # None: the model's own greedy output
+    figure = attention_maps(model, tokenizer, sample[0], target, layers=[layer], kind="cross")
+    figure.savefig(path, dpi=80)
+    return path
+
+
 def write_hub_folder(trainer, tokenizer, model_args, data_args, paper_args, training_args, test_metrics, sample):
     from training.publish import plot_training_curves, recipe_as_yaml, write_model_card
 
@@ -238,6 +251,7 @@ def write_hub_folder(trainer, tokenizer, model_args, data_args, paper_args, trai
     tokenizer.save_pretrained(output_dir)
     shutil.copy(PIPELINE_FILE, output_dir / PIPELINE_FILE.name)
     curve = plot_training_curves(trainer.state.log_history, output_dir / "training_curves.png", title="translation")
+    cross_attention = plot_cross_attention(trainer.model, tokenizer, sample, output_dir / "cross_attention.png")
     src, tgt = data_args.source_lang, data_args.target_lang
     dataset = data_args.dataset_name or Path(data_args.data_dir).name
     config = trainer.model.config
@@ -268,6 +282,7 @@ def write_hub_folder(trainer, tokenizer, model_args, data_args, paper_args, trai
         f"N={config.num_encoder_layers}+{config.num_decoder_layers}, vocab={config.vocab_size}",
         steps=trainer.state.global_step,
         curve=curve.name if curve else None,
+        cross_attention=cross_attention.name if cross_attention else None,
         recipe=recipe_as_yaml(model_args, data_args, paper_args, training_args),
         repo_id=training_args.hub_model_id or f"your-name/{output_dir.name}",
         sample_source=sample[0],
