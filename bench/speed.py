@@ -128,17 +128,16 @@ def greedy_per_token_ms(model, new_tokens):
 
 
 def peak_memory_child(kind, which):
-    """Run in a child process: peak RSS growth (MiB) over a few training steps after the model is built."""
+    """Run in a child process: its peak RSS (MiB) after building the model and a few training steps."""
     pair = gpt_pair() if kind == "gpt" else seq2seq_pair(512, 6)
     model = pair[0] if which == "ours" else pair[1]
     batch = gpt_batch() if kind == "gpt" else seq2seq_batch()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     for _ in range(3):
         model(**batch).loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak: model, optimizer, activations
 
 
 def peak_memory_mib(kind, which):
@@ -182,7 +181,7 @@ def main():
               f"Marian {hf_first:.2f} -> {hf_last:.2f}")  # fmt: skip
     if "memory" in groups:
         for kind, name in (("gpt", "GPT d384 (8x256)"), ("seq2seq", "enc-dec d512 6+6 (32x24)")):
-            row(f"peak RSS growth of training steps, {name}", *(
+            row(f"peak RSS of a training process, {name}", *(
                 peak_memory_mib(kind, w) for w in ("ours", "hf")), "MiB")  # fmt: skip
 
     print(f"\nmachine: {platform.machine()} {platform.processor() or ''}, {torch.get_num_threads()} threads, "
