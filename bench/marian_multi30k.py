@@ -14,11 +14,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
-from torch.nn import functional as F  # noqa: E402
 from transformers import MarianConfig, MarianMTModel  # noqa: E402
 from transformers.models.marian.modeling_marian import shift_tokens_right  # noqa: E402
 
+from hf_vanilla_transformer.vanilla_layers import token_loss  # noqa: E402
 from training.cli import run_main  # noqa: E402
 from training.train_translation import main  # noqa: E402
 
@@ -36,16 +35,7 @@ class LabelSmoothedMarianMTModel(MarianMTModel):
             )
         outputs = super().forward(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         if labels is not None:
-            logits = outputs.logits  # (B, T, vocab)
-            total = F.cross_entropy(
-                logits.flatten(0, 1).float(),
-                labels.flatten().to(logits.device),
-                ignore_index=-100,
-                label_smoothing=self.label_smoothing,
-                reduction="sum",
-            )
-            count = num_items_in_batch if num_items_in_batch is not None else (labels != -100).sum()
-            outputs.loss = total / torch.as_tensor(count, device=total.device)
+            outputs.loss = token_loss(outputs.logits, labels, self.label_smoothing, num_items_in_batch)
         return outputs
 
 
