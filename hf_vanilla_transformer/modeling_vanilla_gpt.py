@@ -69,12 +69,6 @@ class VanillaGPTModel(VanillaGPTPreTrainedModel):
         advertise_auto_classes(config, AUTO_MAP)
         self.post_init()
 
-    def get_input_embeddings(self):
-        return self.embeddings.embed_tokens
-
-    def set_input_embeddings(self, value):
-        self.embeddings.embed_tokens = value
-
     @capture_outputs
     def forward(
         self,
@@ -125,12 +119,6 @@ class VanillaGPTForCausalLM(VanillaGPTPreTrainedModel, GenerationMixin):
             # The tied copy is not written; declaring it lets `Trainer` resume from a checkpoint (it re-ties).
             self._keys_to_ignore_on_save = list(self._tied_weights_keys)
         self.post_init()
-
-    def get_input_embeddings(self):
-        return self.model.get_input_embeddings()
-
-    def set_input_embeddings(self, value):
-        self.model.set_input_embeddings(value)
 
     def forward(
         self,

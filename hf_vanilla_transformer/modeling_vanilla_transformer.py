@@ -68,12 +68,6 @@ class VanillaTransformerEncoder(VanillaTransformerPreTrainedModel):
         self.final_norm = nn.LayerNorm(config.d_model, config.layer_norm_eps) if config.norm_position == "pre" else None
         self.post_init()
 
-    def get_input_embeddings(self):
-        return self.embeddings.embed_tokens
-
-    def set_input_embeddings(self, value):
-        self.embeddings.embed_tokens = value
-
     @capture_outputs
     def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, **kwargs) -> BaseModelOutput:
         shape = (input_ids if input_ids is not None else inputs_embeds).shape[:2]  # (B, S)
@@ -109,12 +103,6 @@ class VanillaTransformerDecoder(VanillaTransformerPreTrainedModel):
         )
         self.final_norm = nn.LayerNorm(config.d_model, config.layer_norm_eps) if config.norm_position == "pre" else None
         self.post_init()
-
-    def get_input_embeddings(self):
-        return self.embeddings.embed_tokens
-
-    def set_input_embeddings(self, value):
-        self.embeddings.embed_tokens = value
 
     @capture_outputs
     def forward(
@@ -263,12 +251,6 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
         self.generation_config.early_stopping = True
         # Never transformers' silent 20-token default; the paper allowed input length + 50 (§6.1).
         self.generation_config.max_new_tokens = 256
-
-    def get_input_embeddings(self):
-        return self.model.get_input_embeddings()
-
-    def set_input_embeddings(self, value):
-        self.model.set_input_embeddings(value)
 
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)

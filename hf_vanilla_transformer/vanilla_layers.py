@@ -273,6 +273,18 @@ class VanillaPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     _can_compile_fullgraph = True
 
+    def get_input_embeddings(self):
+        # A stack (encoder, decoder, GPT model) owns `embeddings`; a model with a head asks its `model`.
+        if hasattr(self, "embeddings"):
+            return self.embeddings.embed_tokens
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        if hasattr(self, "embeddings"):
+            self.embeddings.embed_tokens = value
+        else:
+            self.model.set_input_embeddings(value)
+
     def get_output_embeddings(self):
         return getattr(self, "lm_head", None)
 
