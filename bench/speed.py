@@ -74,34 +74,41 @@ def seq2seq_batch():
     )
 
 
-def train_step_seconds(model, batch, steps, warmup=2):
-    model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    times = []
+def train_step_seconds(models, batch, steps, warmup=2):
+    """Median seconds of a training step (forward, backward, AdamW) of each model, the models taking turns step by
+    step, so that a machine whose speed drifts (shared cores, turbo) slows both alike."""
+    optimizers = [torch.optim.AdamW(m.parameters(), lr=1e-4) for m in models]
+    times = [[] for _ in models]
+    for model in models:
+        model.train()
     for i in range(warmup + steps):
-        start = time.perf_counter()
-        loss = model(**batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for model, optimizer, record in zip(models, optimizers, times):
+            start = time.perf_counter()
+            loss = model(**batch).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if i >= warmup:
+                record.append(time.perf_counter() - start)
+    return [statistics.median(record) for record in times]
 
 
-def beam_decode_seconds(model, repeats):
-    model.eval()
+def beam_decode_seconds(models, repeats):
+    """Median seconds of a beam-4 decode of 16 sentences by each model, the models taking turns."""
     g = torch.Generator().manual_seed(1)
     source = torch.randint(3, VOCAB, (16, 24), generator=g)
     kwargs = dict(num_beams=4, max_new_tokens=24, min_new_tokens=24, length_penalty=0.6, do_sample=False)
-    times = []
+    times = [[] for _ in models]
     with torch.inference_mode():
-        model.generate(source, **kwargs)  # warm-up
+        for model in models:
+            model.eval()
+            model.generate(source, **kwargs)  # warm-up
         for _ in range(repeats):
-            start = time.perf_counter()
-            model.generate(source, **kwargs)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+            for model, record in zip(models, times):
+                start = time.perf_counter()
+                model.generate(source, **kwargs)
+                record.append(time.perf_counter() - start)
+    return [statistics.median(record) for record in times]
 
 
 def greedy_per_token_ms(model, new_tokens):
@@ -163,19 +170,21 @@ def main():
     if "gpt" in groups:
         ours, hf = gpt_pair()
         batch = gpt_batch()
-        row("GPT train step d384 L6 H6 V8000, 8x256 vs GPT2LMHeadModel", *(
-            train_step_seconds(m, batch, args.repeats) for m in (ours, hf)), "s")  # fmt: skip
+        row("GPT train step d384 L6 H6 V8000, 8x256 vs GPT2LMHeadModel", *train_step_seconds(
+            (ours, hf), batch, args.repeats), "s")  # fmt: skip
     if "seq2seq" in groups:
         for d_model, layers in ((256, 3), (512, 6)):
             ours, hf = seq2seq_pair(d_model, layers)
             batch = seq2seq_batch()
-            row(f"enc-dec train step d{d_model} {layers}+{layers}, 32x(24+24) vs Marian", *(
-                train_step_seconds(m, batch, args.repeats) for m in (ours, hf)), "s")  # fmt: skip
+            row(f"enc-dec train step d{d_model} {layers}+{layers}, 32x(24+24) vs Marian", *train_step_seconds(
+                (ours, hf), batch, args.repeats), "s")  # fmt: skip
     if "decode" in groups:
         ours, hf = seq2seq_pair(256, 3)
-        row("beam-4 decode 16 sent x 24 tokens d256 vs Marian", *(
-            beam_decode_seconds(m, args.repeats) for m in (ours, hf)), "s")  # fmt: skip
-        (ours_first, ours_last), (hf_first, hf_last) = (greedy_per_token_ms(m, 200) for m in (ours, hf))
+        row("beam-4 decode 16 sent x 24 tokens d256 vs Marian", *beam_decode_seconds((ours, hf), args.repeats), "s")
+        runs = [[greedy_per_token_ms(m, 200) for m in (ours, hf)] for _ in range(3)]  # taking turns, 3 each
+        (ours_first, ours_last), (hf_first, hf_last) = (
+            tuple(statistics.median(run[i][j] for run in runs) for j in (0, 1)) for i in (0, 1)
+        )
         row("greedy ms/token, tokens 150-200 (d256) vs Marian", ours_last, hf_last, "ms")
         print(f"  greedy ms/token first quarter -> last quarter: ours {ours_first:.2f} -> {ours_last:.2f}, "
               f"Marian {hf_first:.2f} -> {hf_last:.2f}")  # fmt: skip

@@ -107,6 +107,8 @@ class VanillaGPTForCausalLM(VanillaGPTPreTrainedModel, GenerationMixin):
     """Language model: P(u_i | u_<i) = softmax(h_n W_e^T) with W_e the token embedding (GPT-1 §3.1, Eq. 2).
 
     `labels` are the input ids (-100 where no loss is wanted); the loss shifts them by one position itself.
+    Or pass `shift_labels` (B, T), the next token of every position, already shifted (transformers' convention):
+    then all T positions are predicted, the last one included (nanoGPT's targets).
     """
 
     _tied_weights_keys = {"lm_head.weight": "model.embeddings.embed_tokens.weight"}
@@ -132,7 +134,10 @@ class VanillaGPTForCausalLM(VanillaGPTPreTrainedModel, GenerationMixin):
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ) -> CausalLMOutputWithPast:
-        if labels is not None and use_cache is None:
+        shift_labels = kwargs.pop("shift_labels", None)  # for the loss only, not for the layers
+        if shift_labels is not None:
+            shift_labels = shift_labels.contiguous()  # transformers' loss `view`s it; a slice of a window is not
+        if (labels is not None or shift_labels is not None) and use_cache is None:
             use_cache = False  # training: no cache to build
         outputs = self.model(
             input_ids,
@@ -148,10 +153,12 @@ class VanillaGPTForCausalLM(VanillaGPTPreTrainedModel, GenerationMixin):
         logits = self.lm_head(outputs.last_hidden_state[:, keep, :])  # (B, T_keep, vocab)
 
         loss = None
-        if labels is not None:
-            # Shifts labels, sums over tokens and divides by `num_items_in_batch` when the Trainer passes it, so
-            # gradient accumulation equals one large batch.
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        if labels is not None or shift_labels is not None:
+            # Shifts labels (unless given shifted), sums over tokens and divides by `num_items_in_batch` when the
+            # Trainer passes it, so gradient accumulation equals one large batch.
+            loss = self.loss_function(
+                logits=logits, labels=labels, vocab_size=self.config.vocab_size, shift_labels=shift_labels, **kwargs
+            )
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,

@@ -24,7 +24,7 @@ CONFIGS = REPO_ROOT / "training" / "accelerate_configs"
 CPU_2PROC = CONFIGS / "cpu_2proc.yaml"
 LM_SCRIPT = REPO_ROOT / "training" / "train_lm.py"
 LM_RECIPE = REPO_ROOT / "training" / "configs" / "shakespeare_char.yaml"
-# 33 training blocks of 16 characters; batches of 8 per process.
+# 33 training blocks of 16 characters, a window at every token (the recipe's stride 1); batches of 8 per process.
 LM_TINY = [
     "--d_model", "16", "--num_heads", "2", "--num_layers", "1", "--ffn_dim", "32", "--block_size", "16",
     "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "2", "--max_steps", "4",
@@ -98,12 +98,12 @@ def test_lm_two_processes_train_with_a_doubled_batch_and_the_main_process_writes
     output_dir = tmp_path / "run"
     log = ok(launch(LM_SCRIPT, LM_RECIPE, "--train_file", lm_text, "--output_dir", output_dir, *LM_TINY))
 
-    # Two processes really trained together: one RNG state each, and 2 x 8 blocks per step.
+    # Two processes really trained together: one RNG state each, and 2 x 8 examples per step.
     checkpoint = output_dir / "checkpoint-4"
     assert sorted(p.name for p in checkpoint.glob("rng_state*")) == ["rng_state_0.pth", "rng_state_1.pth"]
     state = json.loads((checkpoint / "trainer_state.json").read_text())
-    train_blocks = int(log.split("blocks of 16 tokens: ")[1].split(" train")[0])
-    assert state["global_step"] == 4 and state["epoch"] == pytest.approx(4 / -(-train_blocks // 16))
+    train_examples = int(log.split("examples of 16 tokens: ")[1].split(" train")[0])
+    assert state["global_step"] == 4 and state["epoch"] == pytest.approx(4 / -(-train_examples // 16))
     # The tokenizer was trained once (main process first; the other loaded it), the folder written once.
     assert log.count("tokenizer: trained char") == 1
     assert log.count("model: ") == 2  # both processes built the model

@@ -243,6 +243,19 @@ def test_loss_equals_cross_entropy_on_shifted_logits():
     torch.testing.assert_close(outputs.loss, expected)
 
 
+def test_shift_labels_train_every_position_including_the_last():
+    model = tiny_model()
+    window = prompt(9, batch=2)  # nanoGPT: x = window[:, :-1], y = window[:, 1:]
+    outputs = model(window[:, :-1], shift_labels=window[:, 1:])
+    expected = F.cross_entropy(outputs.logits.reshape(-1, 99), window[:, 1:].reshape(-1))
+    torch.testing.assert_close(outputs.loss, expected)
+    # The same first T - 1 targets as labels that the model shifts itself; only the last position is extra.
+    with_labels = model(window[:, :-1], labels=window[:, :-1]).loss
+    first = F.cross_entropy(outputs.logits[:, :-1].reshape(-1, 99), window[:, 1:-1].reshape(-1))
+    torch.testing.assert_close(with_labels, first)
+    assert not torch.isclose(outputs.loss, with_labels)
+
+
 def test_gradient_checkpointing_gives_the_same_gradients():
     model = tiny_model(**VARIANTS["pre-ln/learned/gelu"]).train()
     input_ids = prompt(8, batch=2)

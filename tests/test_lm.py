@@ -15,6 +15,7 @@ from training.cli import run_main
 from training.lm_data import (
     BUILTIN_CORPUS,
     CausalLMBlockCollator,
+    NextTokenWindows,
     group_into_blocks,
     load_text_splits,
     train_bpe_tokenizer,
@@ -95,6 +96,30 @@ def test_blocks_are_consecutive_slices_of_the_token_stream_and_labels_equal_inpu
     assert torch.equal(batch["labels"], batch["input_ids"])
 
 
+@pytest.mark.parametrize("in_memory", [True, False], ids=["in-memory", "from-arrow"])
+@pytest.mark.parametrize("stride", [None, 1, 3])
+def test_windows_are_the_stream_at_every_stride_with_the_next_token_of_each_position(stride, in_memory, monkeypatch):
+    monkeypatch.setattr(NextTokenWindows, "IN_MEMORY_TOKENS", 2**26 if in_memory else 0)
+    text = "First Citizen:\nBefore we proceed any further, hear me speak.\n" * 3
+    splits = DatasetDict(train=Dataset.from_dict({"text": [text]}), validation=Dataset.from_dict({"text": [text]}))
+    tokenizer = train_char_tokenizer([text])
+    blocks = group_into_blocks(splits, tokenizer, block_size=7)
+    stream = tokenizer(text)["input_ids"][: len(blocks["train"]) * 7]  # the tail shorter than a block is dropped
+    windows = NextTokenWindows(blocks["train"], stride)
+    assert (windows.stream is not None) == in_memory
+    step = stride or 7
+    starts = range(0, len(stream) - 7, step)  # every start that leaves a next token for the last position
+    assert len(windows) == len(starts)
+    for k, start in enumerate(starts):
+        assert windows[k]["input_ids"].tolist() == stream[start : start + 7]
+        assert windows[k]["shift_labels"].tolist() == stream[start + 1 : start + 8]
+    with pytest.raises(IndexError):
+        windows[len(windows)]
+    batch = CausalLMBlockCollator()([windows[0], windows[2]])
+    assert batch["input_ids"].shape == batch["shift_labels"].shape == (2, 7)
+    assert batch["shift_labels"][:, :-1].tolist() == batch["input_ids"][:, 1:].tolist()
+
+
 def test_validation_is_the_last_tenth_of_the_text(tmp_path):
     path = tmp_path / "text.txt"
     path.write_text("abcdefghij" * 10, encoding="utf-8")
@@ -173,6 +198,8 @@ def run_script_in_process(monkeypatch, capsys, argv):
         ("unknown_field", "unknown recipe field(s): n_embd"),
         ("max_steps_0", "max_steps must be positive"),
         ("block_too_long", "the validation text is shorter than one block"),
+        ("one_block_only", "the validation text is shorter than block_size + 1 = 65 tokens"),
+        ("stride_too_long", "window_stride must be between 1 and block_size=64, got 65"),
         ("output_dir_not_empty", "output_dir {tmp}/out exists and is not empty"),
         ("bad_preset", "unknown preset 'gpt5'"),
     ],
@@ -181,6 +208,7 @@ def test_bad_input_gives_one_error_line(case, expected, tmp_path, monkeypatch, c
     (tmp_path / "empty.txt").write_text("  \n", encoding="utf-8")
     (tmp_path / "latin1.txt").write_bytes("Où est la café?".encode("latin-1"))
     (tmp_path / "short.txt").write_text("To be, or not to be\n" * 20, encoding="utf-8")
+    (tmp_path / "one_block.txt").write_text(("to be " * 17)[:100], encoding="utf-8")  # one block of 64 + a tail
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "old.txt").write_text("x")
     (tmp_path / "bad.yaml").write_text("n_embd: 128\n")
@@ -192,6 +220,15 @@ def test_bad_input_gives_one_error_line(case, expected, tmp_path, monkeypatch, c
         "unknown_field": [str(tmp_path / "bad.yaml"), *out],
         "max_steps_0": [RECIPE, "--max_steps", "0", *out],
         "block_too_long": [RECIPE, "--train_file", str(tmp_path / "short.txt"), "--block_size", "64", *out],
+        "one_block_only": [
+            RECIPE,
+            "--train_file",
+            str(tmp_path / "short.txt"),
+            "--validation_file",
+            str(tmp_path / "one_block.txt"),
+            *out,
+        ],
+        "stride_too_long": [RECIPE, "--window_stride", "65", *out],
         "output_dir_not_empty": [RECIPE, "--output_dir", str(tmp_path / "out")],
         "bad_preset": [RECIPE, "--preset", "gpt5", *out],
     }[case]

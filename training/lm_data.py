@@ -4,13 +4,16 @@
 - `load_text_splits`: train/validation `DatasetDict` (column "text") from files or `datasets.load_dataset`;
 - `train_char_tokenizer` / `train_bpe_tokenizer`: `tokenizers` models saved as transformers fast tokenizers;
 - `group_into_blocks`: tokenize, concatenate, cut into blocks of `block_size` tokens (nanoGPT's stream of ids);
-- `CausalLMBlockCollator`: stacks blocks into a batch with labels = input ids (the model shifts them).
+- `NextTokenWindows`: examples of `block_size` inputs and the `block_size` tokens after them, read from the blocks
+  at any stride: disjoint (every token predicted once per epoch) or a window at every token (nanoGPT's sampling);
+- `CausalLMBlockCollator`: stacks examples into a batch (`input_ids`, `labels`, and `shift_labels` when given).
 """
 
 from importlib.resources import files
 from itertools import chain
 from pathlib import Path
 
+import numpy as np
 import torch
 from datasets import Dataset, DatasetDict
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -150,9 +153,9 @@ def group_into_blocks(splits: DatasetDict, tokenizer, block_size: int, num_proc:
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
 
     def tokenize_and_cut(batch):
-        ids = list(chain.from_iterable(e.ids + eos for e in backend.encode_batch(batch["text"])))
+        ids = np.fromiter(chain.from_iterable(e.ids + eos for e in backend.encode_batch(batch["text"])), np.int64)
         usable = len(ids) // block_size * block_size
-        return {"input_ids": [ids[i : i + block_size] for i in range(0, usable, block_size)]}
+        return {"input_ids": ids[:usable].reshape(-1, block_size)}  # (n_blocks, block_size)
 
     blocks = splits.map(
         tokenize_and_cut, batched=True, batch_size=1000, remove_columns=["text"], num_proc=num_proc, desc="blocks"
@@ -163,9 +166,63 @@ def group_into_blocks(splits: DatasetDict, tokenizer, block_size: int, num_proc:
     return blocks.with_format("torch")
 
 
+class NextTokenWindows(torch.utils.data.Dataset):
+    """Examples cut from a split's blocks: `input_ids`, `block_size` consecutive tokens, and `shift_labels`, the
+    token after each of them -- nanoGPT's x, y = data[i : i+T], data[i+1 : i+1+T] -- so all T positions of an
+    example are predicted (a block alone predicts T - 1: its last token has no successor inside it).
+
+    Window k starts at token k * stride of the split's token stream (its blocks, one after another). A stream of
+    up to `IN_MEMORY_TOKENS` tokens is held as one tensor (a window is then a slice, ~1 us); a larger one is read
+    lazily from two neighbouring blocks (~140 us from Arrow), so a corpus of any size stays memory-mapped.
+    - stride = block_size: disjoint windows, every token predicted exactly once per epoch (evaluation; run_clm);
+    - stride = 1: a window at every token. The Trainer's shuffled sampler then draws a fresh window for each
+      example, which is nanoGPT's random batches (without repeats); one "epoch" is then block_size passes over
+      the text, so such runs are sized with `max_steps`.
+    """
+
+    IN_MEMORY_TOKENS = 2**26  # 64M token ids, 512 MB as int64
+
+    def __init__(self, blocks, stride: int | None = None, split: str = "train"):
+        self.blocks = blocks  # rows {"input_ids": (block_size,)}, torch format
+        self.block_size = len(blocks[0]["input_ids"])
+        self.stride = self.block_size if stride is None else stride
+        if not 1 <= self.stride <= self.block_size:
+            raise UserError(f"window_stride must be between 1 and block_size={self.block_size}, got {self.stride}")
+        last_start = (len(blocks) - 1) * self.block_size - 1  # a window needs block_size + 1 tokens
+        if last_start < 0:
+            raise UserError(
+                f"the {split} text is shorter than block_size + 1 = {self.block_size + 1} tokens (one block and the token "
+                "after it)"
+            )
+        self.length = last_start // self.stride + 1
+        self.stream = None  # (n_blocks * block_size,) when small enough to hold
+        if len(blocks) * self.block_size <= self.IN_MEMORY_TOKENS:
+            self.stream = torch.as_tensor(blocks.with_format("numpy")["input_ids"][:]).reshape(-1).long()
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if not 0 <= index < self.length:
+            raise IndexError(f"window {index} out of range (0..{self.length - 1})")
+        start = index * self.stride
+        if self.stream is not None:
+            window = self.stream[start : start + self.block_size + 1]  # (block_size + 1,)
+        else:
+            row, offset = divmod(start, self.block_size)
+            tokens = torch.as_tensor(self.blocks[row : row + 2]["input_ids"]).reshape(-1)  # (2 * block_size,)
+            window = tokens[offset : offset + self.block_size + 1]
+        return {"input_ids": window[:-1], "shift_labels": window[1:]}
+
+
 class CausalLMBlockCollator:
-    """Stacks equal-length blocks into `input_ids` (B, T) with `labels` the same ids: the model shifts them."""
+    """Stacks equal-length examples into `input_ids` (B, T) with `labels` the same ids, which the model shifts
+    itself, or, for `NextTokenWindows`, also `shift_labels` (B, T): the already-shifted targets, which the loss
+    and the Trainer's token count then use as they are (transformers' convention for pre-shifted labels)."""
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         input_ids = torch.stack([torch.as_tensor(f["input_ids"]) for f in features])  # (B, T)
-        return {"input_ids": input_ids, "labels": input_ids.clone()}
+        batch = {"input_ids": input_ids, "labels": input_ids.clone()}
+        if "shift_labels" in features[0]:
+            batch["shift_labels"] = torch.stack([torch.as_tensor(f["shift_labels"]) for f in features])  # (B, T)
+        return batch

@@ -3,10 +3,11 @@
     python training/train_lm.py training/configs/shakespeare_char.yaml [--field value ...]
     python -m training.train_lm training/configs/shakespeare_char.yaml --max_steps 20 --output_dir runs/try
 
-Text -> tokenizer (characters or byte-level BPE, trained on the training text) -> contiguous blocks of
-`block_size` tokens -> `transformers.Trainer` (AdamW, warm-up + cosine decay to a minimum, weight decay, gradient
-clipping) -> eval loss and perplexity over the whole validation split -> `output_dir` holding the model with its
-remote code, the tokenizer, a loss-curve PNG and a README.md model card.
+Text -> tokenizer (characters or byte-level BPE, trained on the training text) -> windows of `block_size`
+tokens, each position predicting the next token (disjoint, or one at every token: nanoGPT's sampling) ->
+`transformers.Trainer` (AdamW, warm-up + cosine decay to a minimum, weight decay, gradient clipping) -> eval loss
+and perplexity over the whole validation split -> `output_dir` holding the model with its remote code, the
+tokenizer, a loss-curve PNG and a README.md model card.
 """
 
 import math
@@ -25,6 +26,7 @@ from hf_vanilla_transformer import VanillaGPTConfig, VanillaGPTForCausalLM
 from training.cli import UserError, parse_recipe, resolve_resume_checkpoint, run_main
 from training.lm_data import (
     CausalLMBlockCollator,
+    NextTokenWindows,
     group_into_blocks,
     load_text_splits,
     train_tokenizer,
@@ -63,6 +65,13 @@ class DataArguments:
     validation_file: str | None = field(default=None, metadata={"help": "default: hold out the training tail"})
     validation_percentage: float = field(default=10.0, metadata={"help": "held-out tail in %; nanoGPT's 90/10"})
     block_size: int = field(default=64, metadata={"help": "tokens per training example (nanoGPT's block_size)"})
+    window_stride: int | None = field(
+        default=None,
+        metadata={
+            "help": "tokens between the starts of training examples: block_size (default) cuts disjoint blocks, "
+            "every token predicted once an epoch; 1 puts a window at every token, shuffled: nanoGPT's random batches"
+        },
+    )
     tokenizer: str = field(default="char", metadata={"help": "char (one token per character) or bpe (byte-level)"})
     bpe_vocab_size: int = field(default=8192, metadata={"help": "vocabulary size of the BPE tokenizer"})
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": "processes for tokenizing"})
@@ -77,6 +86,10 @@ def check_arguments(model_args, data_args, training_args) -> str | bool | None:
         raise UserError(f"max_steps must be positive (or -1 for num_train_epochs), got {training_args.max_steps}")
     if data_args.block_size < 2:
         raise UserError(f"block_size must be at least 2 (one input and one next token), got {data_args.block_size}")
+    if data_args.window_stride is not None and not 1 <= data_args.window_stride <= data_args.block_size:
+        raise UserError(
+            f"window_stride must be between 1 and block_size={data_args.block_size}, got {data_args.window_stride}"
+        )
     if data_args.dataset_name is not None and data_args.train_file is not None:
         raise UserError("give either --dataset_name or --train_file, not both")
     if data_args.tokenizer not in ("char", "bpe"):
@@ -173,6 +186,9 @@ def main(argv: list[str]) -> None:
         else:  # other processes wait above until the main one has saved it
             tokenizer = AutoTokenizer.from_pretrained(output_dir)
         blocks = group_into_blocks(splits, tokenizer, data_args.block_size, data_args.preprocessing_num_workers)
+        # Every position of an example predicts its next token; validation: disjoint windows, each token once.
+        train_set = NextTokenWindows(blocks["train"], data_args.window_stride, split="train")
+        validation_set = NextTokenWindows(blocks["validation"], split="validation")
         if not saved and training_args.should_save:
             tokenizer.save_pretrained(output_dir)  # once the text is known to give blocks: a refused run writes nothing
 
@@ -186,14 +202,15 @@ def main(argv: list[str]) -> None:
     n_params = sum(p.numel() for p in model.parameters())
     print(
         f"model: {n_params / 1e6:.2f}M parameters, vocab {config.vocab_size}; "
-        f"blocks of {data_args.block_size} tokens: {len(blocks['train'])} train, {len(blocks['validation'])} validation"
+        f"examples of {data_args.block_size} tokens: {len(train_set)} train (window stride {train_set.stride}), "
+        f"{len(validation_set)} validation"
     )
 
     trainer = Trainer(
         model=model,
         args=training_args,
-        train_dataset=blocks["train"],
-        eval_dataset=blocks["validation"],
+        train_dataset=train_set,
+        eval_dataset=validation_set,
         data_collator=CausalLMBlockCollator(),
         processing_class=tokenizer,
     )
@@ -258,6 +275,11 @@ def write_card(
         num_heads=config.num_heads,
         num_layers=config.num_layers,
         context=config.max_position_embeddings,
+        sampling=(
+            "a window starting at every token, shuffled: nanoGPT's random batches"
+            if data_args.window_stride == 1
+            else f"windows starting every {data_args.window_stride or data_args.block_size} tokens"
+        ),
         eval_loss=f"{metrics['eval_loss']:.4f}",
         perplexity=f"{metrics['perplexity']:.2f}",
         steps=train_result.global_step,
