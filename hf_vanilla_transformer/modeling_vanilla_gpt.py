@@ -83,18 +83,20 @@ class VanillaGPTModel(VanillaGPTPreTrainedModel):
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache(config=self.config)
-        if position_ids is None:  # `generate` passes positions derived from the attention mask (left padding)
+        given_position_ids = position_ids  # `generate` passes positions derived from the attention mask (left padding)
+        if position_ids is None:
             shape = (input_ids if input_ids is not None else inputs_embeds).shape[:2]  # (B, T)
             position_ids = positions_after_cache(shape, past_key_values, self.device)  # (1, T)
         hidden_states = self.embeddings(input_ids, inputs_embeds, position_ids)  # (B, T, d_model)
 
-        # Built once for all layers: causal ("masked self-attention", GPT-1 §3.1) and padding.
+        # Built once for all layers: causal ("masked self-attention", GPT-1 §3.1) and padding. Only positions given
+        # by the caller can mark packed sequences; checking our own 0..T-1 would cost a pass and a sync per step.
         causal_mask = create_causal_mask(
             config=self.config,
             inputs_embeds=hidden_states,
             attention_mask=attention_mask,
             past_key_values=past_key_values,
-            position_ids=position_ids,
+            position_ids=given_position_ids,
         )
         for layer in self.layers:
             hidden_states = layer(hidden_states, causal_mask, past_key_values=past_key_values, **kwargs)

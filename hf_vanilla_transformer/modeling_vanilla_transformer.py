@@ -123,6 +123,7 @@ class VanillaTransformerDecoder(VanillaTransformerPreTrainedModel):
         if not use_cache:
             past_key_values = None
         shape = (input_ids if input_ids is not None else inputs_embeds).shape[:2]  # (B, T)
+        given_position_ids = position_ids  # only positions given by the caller can mark packed sequences
         if position_ids is None:
             position_ids = positions_after_cache(shape, past_key_values, self.device)  # (1, T)
         hidden_states = self.embeddings(input_ids, inputs_embeds, position_ids)  # (B, T, d_model)
@@ -136,7 +137,7 @@ class VanillaTransformerDecoder(VanillaTransformerPreTrainedModel):
             inputs_embeds=hidden_states,
             attention_mask=attention_mask,
             past_key_values=self_attention_cache,
-            position_ids=position_ids,
+            position_ids=given_position_ids,
         )
         encoder_attention_mask = create_bidirectional_mask(
             config=self.config,

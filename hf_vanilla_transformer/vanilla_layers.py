@@ -61,8 +61,12 @@ class VanillaEmbeddings(nn.Module):
                     f"with more positions."
                 )
             positions = self.embed_positions(position_ids.clamp(min=0))  # (B|1, T, d_model)
-        hidden_states = inputs_embeds * self.embed_scale + positions
-        return F.dropout(hidden_states, p=self.dropout, training=self.training)
+        if self.embed_scale != 1.0:
+            inputs_embeds = inputs_embeds * self.embed_scale
+        hidden_states = inputs_embeds + positions
+        if self.training and self.dropout > 0:  # no call at all otherwise: a small model's step is mostly such calls
+            hidden_states = F.dropout(hidden_states, p=self.dropout)
+        return hidden_states
 
 
 def eager_attention_forward(
@@ -218,7 +222,9 @@ class VanillaLayer(GradientCheckpointingLayer):
         self.final_layer_norm = nn.LayerNorm(config.d_model, eps=eps)
 
     def _residual(self, residual: torch.Tensor, sublayer_output: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
-        hidden_states = residual + F.dropout(sublayer_output, p=self.dropout, training=self.training)
+        if self.training and self.dropout > 0:
+            sublayer_output = F.dropout(sublayer_output, p=self.dropout)
+        hidden_states = residual + sublayer_output
         return hidden_states if self.pre_norm else norm(hidden_states)
 
     def _norm_in(self, hidden_states: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
