@@ -9,11 +9,11 @@ Prints one table of ratios ours / HF (lower is better). Not a test: timings on a
 import argparse
 import json
 import platform
-import resource
 import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, MarianConfig, MarianMTModel
@@ -144,7 +144,10 @@ def peak_memory_child(kind, which):
         model(**batch).loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak: model, optimizer, activations
+    # The peak RSS of this process's own memory (VmHWM). Not getrusage's ru_maxrss: Linux carries that over from
+    # the parent through fork + exec, so a child of a large benchmark process would report the parent's peak.
+    status = Path("/proc/self/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024
 
 
 def peak_memory_mib(kind, which):
