@@ -18,6 +18,7 @@ from transformers import (
 )
 
 from hf_vanilla_transformer import VanillaGPTConfig, VanillaGPTForCausalLM, VanillaGPTModel
+from hf_vanilla_transformer.vanilla_layers import apply_dropout
 from tests.conftest import make_hub_cache, run_without_package
 
 VARIANTS = {
@@ -254,6 +255,18 @@ def test_shift_labels_train_every_position_including_the_last():
     first = F.cross_entropy(outputs.logits[:, :-1].reshape(-1, 99), window[:, 1:-1].reshape(-1))
     torch.testing.assert_close(with_labels, first)
     assert not torch.isclose(outputs.loss, with_labels)
+
+
+def test_dropout_keeps_one_minus_p_scaled_and_its_gradient_follows_the_mask():
+    x = torch.ones(200, 500, requires_grad=True)
+    out = apply_dropout(x, 0.1, training=True)
+    kept = out != 0
+    assert abs(kept.float().mean().item() - 0.9) < 0.005  # 100k draws: the standard error is 0.001
+    torch.testing.assert_close(out[kept], torch.full_like(out[kept], 1 / 0.9))
+    out.sum().backward()
+    torch.testing.assert_close(x.grad, out.detach())  # d(out)/dx is the scaled mask itself
+    assert not torch.equal(kept, apply_dropout(x, 0.1, training=True) != 0)  # a fresh mask each call
+    assert apply_dropout(x, 0.1, training=False) is x and apply_dropout(x, 0.0, training=True) is x
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():
