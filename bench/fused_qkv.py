@@ -7,26 +7,13 @@ at decoding shapes (one new token per sequence or beam).
 Prints milliseconds (median of 30) and the ratio fused / three. Not a test.
 """
 
-import statistics
-import time
-
 import torch
+from timing import median_ms
 from torch import nn
 
 SHAPES = {"Shakespeare LM (12x64 tokens, d128)": (768, 128), "enc-dec d512 (32x24)": (768, 512)}
 SHAPES["GPT d384 (8x256)"] = (2048, 384)
 DECODING = {"greedy, 4 sentences, d256": (4, 256), "beam 4 x 16 sentences, d256": (64, 256)}
-
-
-def median_ms(fn, repeats=30, warmup=5):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
 
 
 def three_and_fused(tokens: int, d: int, bias: bool):

@@ -166,6 +166,12 @@ def group_into_blocks(splits: DatasetDict, tokenizer, block_size: int, num_proc:
     return blocks.with_format("torch")
 
 
+def check_window_stride(stride: int | None, block_size: int) -> None:
+    """`UserError` unless windows of `block_size` tokens can start every `stride` tokens (None: block_size)."""
+    if stride is not None and not 1 <= stride <= block_size:
+        raise UserError(f"window_stride must be between 1 and block_size={block_size}, got {stride}")
+
+
 class NextTokenWindows(torch.utils.data.Dataset):
     """Examples cut from a split's blocks: `input_ids`, `block_size` consecutive tokens, and `shift_labels`, the
     token after each of them -- nanoGPT's x, y = data[i : i+T], data[i+1 : i+1+T] -- so all T positions of an
@@ -186,8 +192,7 @@ class NextTokenWindows(torch.utils.data.Dataset):
         self.blocks = blocks  # rows {"input_ids": (block_size,)}, torch format
         self.block_size = len(blocks[0]["input_ids"])
         self.stride = self.block_size if stride is None else stride
-        if not 1 <= self.stride <= self.block_size:
-            raise UserError(f"window_stride must be between 1 and block_size={self.block_size}, got {self.stride}")
+        check_window_stride(self.stride, self.block_size)
         last_start = (len(blocks) - 1) * self.block_size - 1  # a window needs block_size + 1 tokens
         if last_start < 0:
             raise UserError(

@@ -27,6 +27,7 @@ from training.cli import UserError, parse_recipe, resolve_resume_checkpoint, run
 from training.lm_data import (
     CausalLMBlockCollator,
     NextTokenWindows,
+    check_window_stride,
     group_into_blocks,
     load_text_splits,
     train_tokenizer,
@@ -86,10 +87,7 @@ def check_arguments(model_args, data_args, training_args) -> str | bool | None:
         raise UserError(f"max_steps must be positive (or -1 for num_train_epochs), got {training_args.max_steps}")
     if data_args.block_size < 2:
         raise UserError(f"block_size must be at least 2 (one input and one next token), got {data_args.block_size}")
-    if data_args.window_stride is not None and not 1 <= data_args.window_stride <= data_args.block_size:
-        raise UserError(
-            f"window_stride must be between 1 and block_size={data_args.block_size}, got {data_args.window_stride}"
-        )
+    check_window_stride(data_args.window_stride, data_args.block_size)  # before any file is written
     if data_args.dataset_name is not None and data_args.train_file is not None:
         raise UserError("give either --dataset_name or --train_file, not both")
     if data_args.tokenizer not in ("char", "bpe"):
