@@ -85,8 +85,8 @@ class VanillaGPTModel(VanillaGPTPreTrainedModel):
             past_key_values = DynamicCache(config=self.config)
         given_position_ids = position_ids  # `generate` passes positions derived from the attention mask (left padding)
         if position_ids is None:
-            shape = (input_ids if input_ids is not None else inputs_embeds).shape[:2]  # (B, T)
-            position_ids = positions_after_cache(shape, past_key_values, self.device)  # (1, T)
+            inputs = input_ids if input_ids is not None else inputs_embeds  # (B, T) or (B, T, d_model)
+            position_ids = positions_after_cache(inputs, past_key_values)  # (1, T)
         hidden_states = self.embeddings(input_ids, inputs_embeds, position_ids)  # (B, T, d_model)
 
         # Built once for all layers: causal ("masked self-attention", GPT-1 §3.1) and padding. Only positions given

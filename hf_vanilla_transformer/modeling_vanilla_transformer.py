@@ -70,8 +70,8 @@ class VanillaTransformerEncoder(VanillaTransformerPreTrainedModel):
 
     @capture_outputs
     def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, **kwargs) -> BaseModelOutput:
-        shape = (input_ids if input_ids is not None else inputs_embeds).shape[:2]  # (B, S)
-        position_ids = positions_after_cache(shape, None, self.device)  # (1, S)
+        inputs = input_ids if input_ids is not None else inputs_embeds  # (B, S) or (B, S, d_model)
+        position_ids = positions_after_cache(inputs, None)  # (1, S)
         hidden_states = self.embeddings(input_ids, inputs_embeds, position_ids)  # (B, S, d_model)
         attention_mask = create_bidirectional_mask(
             config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask
@@ -122,10 +122,10 @@ class VanillaTransformerDecoder(VanillaTransformerPreTrainedModel):
             past_key_values = EncoderDecoderCache(DynamicCache(config=self.config), DynamicCache(config=self.config))
         if not use_cache:
             past_key_values = None
-        shape = (input_ids if input_ids is not None else inputs_embeds).shape[:2]  # (B, T)
         given_position_ids = position_ids  # only positions given by the caller can mark packed sequences
         if position_ids is None:
-            position_ids = positions_after_cache(shape, past_key_values, self.device)  # (1, T)
+            inputs = input_ids if input_ids is not None else inputs_embeds  # (B, T) or (B, T, d_model)
+            position_ids = positions_after_cache(inputs, past_key_values)  # (1, T)
         hidden_states = self.embeddings(input_ids, inputs_embeds, position_ids)  # (B, T, d_model)
 
         self_attention_cache = (

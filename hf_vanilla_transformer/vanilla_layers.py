@@ -316,10 +316,11 @@ def advertise_auto_classes(config, auto_map: dict) -> None:
     config.auto_map = {**(getattr(config, "auto_map", None) or {}), **auto_map}
 
 
-def positions_after_cache(input_shape, past_key_values: Cache | None, device) -> torch.Tensor:
-    """Positions of new tokens: those already in the cache come first. Returns (1, T)."""
+def positions_after_cache(inputs: torch.Tensor, past_key_values: Cache | None) -> torch.Tensor:
+    """Positions of the new tokens in `inputs` (ids (B, T) or embeddings (B, T, d_model)), on their device: those
+    already in the cache come first. Returns (1, T)."""
     past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
-    return torch.arange(past_length, past_length + input_shape[1], device=device).unsqueeze(0)
+    return torch.arange(past_length, past_length + inputs.shape[1], device=inputs.device).unsqueeze(0)
 
 
 def token_loss(logits, labels, label_smoothing=0.0, num_items_in_batch=None) -> torch.Tensor:
