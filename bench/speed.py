@@ -13,9 +13,9 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import torch
+from timing import process_memory_mib
 from transformers import GPT2Config, GPT2LMHeadModel, MarianConfig, MarianMTModel
 
 from hf_vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
@@ -144,10 +144,7 @@ def peak_memory_child(kind, which):
         model(**batch).loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    # The peak RSS of this process's own memory (VmHWM). Not getrusage's ru_maxrss: Linux carries that over from
-    # the parent through fork + exec, so a child of a large benchmark process would report the parent's peak.
-    status = Path("/proc/self/status").read_text()
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024
+    return process_memory_mib("VmHWM")
 
 
 def peak_memory_mib(kind, which):
@@ -184,7 +181,9 @@ def main():
     if "decode" in groups:
         ours, hf = seq2seq_pair(256, 3)
         row("beam-4 decode 16 sent x 24 tokens d256 vs Marian", *beam_decode_seconds((ours, hf), args.repeats), "s")
-        runs = [[greedy_per_token_ms(m, 200) for m in (ours, hf)] for _ in range(3)]  # taking turns, 3 each
+        # Taking turns, one 200-token decode each, `repeats` times: a decode step is ~6 ms, so the machine's drift
+        # between decodes is as large as the difference being measured.
+        runs = [[greedy_per_token_ms(m, 200) for m in (ours, hf)] for _ in range(args.repeats)]
         (ours_first, ours_last), (hf_first, hf_last) = (
             tuple(statistics.median(run[i][j] for run in runs) for j in (0, 1)) for i in (0, 1)
         )

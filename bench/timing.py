@@ -1,7 +1,8 @@
-"""The one timing helper of the micro-benchmarks in bench/ (bench/speed.py times its models in turns instead)."""
+"""The timing and memory helpers of bench/ (bench/speed.py times its models in turns instead of `median_ms`)."""
 
 import statistics
 import time
+from pathlib import Path
 
 
 def median_ms(fn, repeats: int = 30, warmup: int = 5) -> float:
@@ -14,3 +15,11 @@ def median_ms(fn, repeats: int = 30, warmup: int = 5) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return 1000 * statistics.median(times)
+
+
+def process_memory_mib(field: str = "VmHWM") -> float:
+    """This process's resident memory from /proc/self/status: `VmHWM` its peak so far, `VmRSS` now. Not
+    getrusage's ru_maxrss: Linux carries that over from the parent through fork + exec, so a child of a large
+    benchmark process would report the parent's peak."""
+    status = Path("/proc/self/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith(f"{field}:"))) / 1024

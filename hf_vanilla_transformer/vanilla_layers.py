@@ -16,6 +16,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 from transformers.cache_utils import Cache, EncoderDecoderCache
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
@@ -70,7 +71,13 @@ class VanillaEmbeddings(nn.Module):
         if self.sinusoidal:
             positions = sinusoidal_positions(position_ids, self.d_model).to(inputs_embeds.dtype)  # (B|1, T, d_model)
         else:
-            if position_ids.numel() and int(position_ids.max()) >= self.max_positions:
+            # A clear error instead of an index error deep in torch; not while compiling, where reading a value
+            # would break the graph (`_can_compile_fullgraph`).
+            if (
+                not torch.compiler.is_compiling()
+                and position_ids.numel()
+                and int(position_ids.max()) >= self.max_positions
+            ):
                 raise ValueError(
                     f"Input length {int(position_ids.max()) + 1} exceeds max_position_embeddings="
                     f"{self.max_positions} of the learned position table; shorten the input or use a model "
@@ -323,22 +330,53 @@ def positions_after_cache(inputs: torch.Tensor, past_key_values: Cache | None) -
     return torch.arange(past_length, past_length + inputs.shape[1], device=inputs.device).unsqueeze(0)
 
 
+class _TokenCrossEntropy(torch.autograd.Function):
+    """Per-token cross-entropy against (1 - ε) one-hot + ε uniform (§5.4 label smoothing; ε = 0 is plain).
+
+    Forward keeps only log_softmax (N, V), as torch does. Backward writes the gradient, softmax - target
+    distribution, into one new (N, V) buffer: torch's `cross_entropy` allocates three there with ε > 0 (NLL's
+    scattered one-hot, the smoothing term's, then log_softmax's backward) and two with ε = 0, and at a real
+    vocabulary each is the size of the logits (bench/README.md: "the loss").
+    """
+
+    @staticmethod
+    def forward(ctx, logits, labels, epsilon):
+        log_probs = torch.log_softmax(logits, dim=-1)  # (N, V)
+        valid = labels != -100  # (N,)
+        target = labels.masked_fill(~valid, 0).unsqueeze(1)  # (N, 1), ignored rows point at class 0
+        nll = -log_probs.gather(1, target).squeeze(1)  # -log p(label): (N,)
+        # The smoothed target puts ε / V on every class: its cross-entropy term is -ε * mean(log_probs).
+        per_token = nll if epsilon == 0 else (1.0 - epsilon) * nll - epsilon * log_probs.mean(dim=-1)
+        ctx.save_for_backward(log_probs, target, valid)
+        ctx.epsilon = epsilon
+        return per_token * valid  # ignored tokens: 0
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_per_token):
+        log_probs, target, valid = ctx.saved_tensors
+        epsilon = ctx.epsilon
+        grad = log_probs.exp()  # softmax: the one (N, V) allocation
+        if epsilon:
+            grad.sub_(epsilon / log_probs.shape[-1])
+        grad.scatter_add_(1, target, torch.full_like(target, epsilon - 1.0, dtype=grad.dtype))  # - (1 - ε) one-hot
+        grad.mul_((grad_per_token * valid).unsqueeze(1))
+        return grad, None, None
+
+
 def token_loss(logits, labels, label_smoothing=0.0, num_items_in_batch=None) -> torch.Tensor:
     """Cross-entropy over the tokens whose label is not -100, optionally label-smoothed (§5.4).
 
     Summed and divided by `num_items_in_batch` when the Trainer passes it (the count over all gradient
     accumulation steps and processes), so accumulated gradients equal one large batch; else the mean.
-    The smoothed target distribution is never materialised (torch does it in closed form).
+    The smoothed target distribution is never materialised, and backward allocates one logits-sized buffer.
     """
-    loss = F.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]),
-        labels.to(logits.device).reshape(-1),
-        ignore_index=-100,
-        label_smoothing=float(label_smoothing),
-        reduction="sum" if num_items_in_batch is not None else "mean",
-    )
-    if num_items_in_batch is not None:
-        if torch.is_tensor(num_items_in_batch):
-            num_items_in_batch = num_items_in_batch.to(loss.device)
-        loss = loss / num_items_in_batch
-    return loss
+    labels = labels.to(logits.device).reshape(-1)
+    per_token = _TokenCrossEntropy.apply(
+        logits.float().reshape(-1, logits.shape[-1]), labels, float(label_smoothing)
+    )  # (N,)
+    if num_items_in_batch is None:
+        return per_token.sum() / (labels != -100).sum()
+    if torch.is_tensor(num_items_in_batch):
+        num_items_in_batch = num_items_in_batch.to(per_token.device)
+    return per_token.sum() / num_items_in_batch

@@ -256,6 +256,28 @@ def test_loss_equals_torch_label_smoothed_cross_entropy_read_at_call_time():
         torch.testing.assert_close(out.loss, reference)
 
 
+def test_token_loss_gradient_equals_torch_cross_entropy():
+    from hf_vanilla_transformer.vanilla_layers import token_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 11, dtype=torch.float64)
+    labels = torch.randint(0, 11, (2, 5))
+    labels[1, 3:] = -100
+    for smoothing in (0.0, 0.1, 0.3):
+        for num_items in (None, torch.tensor(12)):
+            ours_in, torch_in = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+            ours = token_loss(ours_in, labels, smoothing, num_items)
+            reduction = "mean" if num_items is None else "sum"
+            reference = F.cross_entropy(
+                torch_in.reshape(-1, 11), labels.reshape(-1), label_smoothing=smoothing, reduction=reduction
+            ) / (1 if num_items is None else num_items)
+            (3 * ours).backward()
+            (3 * reference).backward()
+            torch.testing.assert_close(ours.double(), reference)
+            torch.testing.assert_close(ours_in.grad, torch_in.grad)
+            assert ours_in.grad[1, 3:].abs().max() == 0  # ignored positions get no gradient
+
+
 def test_decoder_inputs_are_labels_shifted_right():
     model = tiny_model()
     labels = torch.tensor([[10, 11, 2, -100], [12, 2, -100, -100]])
