@@ -94,9 +94,15 @@ def test_accelerate_config_loads_with_accelerates_own_schema(name):
 # Language modelling
 
 
-def test_lm_two_processes_train_with_a_doubled_batch_and_the_main_process_writes_the_folder(lm_text, tmp_path):
-    output_dir = tmp_path / "run"
+@pytest.fixture(scope="module")
+def two_process_lm_run(lm_text, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("lm") / "run"
     log = ok(launch(LM_SCRIPT, LM_RECIPE, "--train_file", lm_text, "--output_dir", output_dir, *LM_TINY))
+    return output_dir, log
+
+
+def test_lm_two_processes_train_with_a_doubled_batch_and_the_main_process_writes_the_folder(two_process_lm_run):
+    output_dir, log = two_process_lm_run
 
     # Two processes really trained together: one RNG state each, and 2 x 8 examples per step.
     checkpoint = output_dir / "checkpoint-4"
@@ -118,6 +124,31 @@ def test_lm_two_processes_train_with_a_doubled_batch_and_the_main_process_writes
     assert model.config.vocab_size == len(tokenizer)
     card = (output_dir / "README.md").read_text()
     assert card.count("model-index:") == 1 and card.startswith("---\n")
+
+
+def test_lm_two_process_run_resumed_from_its_checkpoint_repeats_the_uninterrupted_run(
+    two_process_lm_run, lm_text, tmp_path
+):
+    """Both processes restore their own RNG state and skip the batches already seen, so steps 3-4 after a resume
+    from checkpoint-2 give the uninterrupted run's losses and final model."""
+    uninterrupted, _ = two_process_lm_run
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(uninterrupted / "checkpoint-2", resumed / "checkpoint-2")  # as if killed after step 2
+    log = ok(launch(
+        LM_SCRIPT, LM_RECIPE, "--train_file", lm_text, "--output_dir", resumed, *LM_TINY,
+        "--resume_from_checkpoint", "true",
+    ))  # fmt: skip
+    assert log.count("Hub-ready folder: ") == 1
+
+    def history(folder):
+        state = json.loads((folder / "checkpoint-4" / "trainer_state.json").read_text())
+        return {r["step"]: r["loss"] for r in state["log_history"] if "loss" in r}
+
+    assert list(history(resumed)) == [1, 2, 3, 4]  # the whole history, steps 1-2 from checkpoint-2
+    assert history(resumed) == pytest.approx(history(uninterrupted), abs=1e-5)
+    final = [json.loads((folder / "all_results.json").read_text())["eval_loss"] for folder in (uninterrupted, resumed)]
+    assert final[1] == pytest.approx(final[0], abs=1e-5)
 
 
 def test_lm_bad_input_under_two_processes_ends_with_one_error_line(lm_text, tmp_path):
