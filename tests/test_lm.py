@@ -173,6 +173,40 @@ def test_resume_from_latest_checkpoint_continues_the_step_count(trained_folder, 
     assert state["global_step"] == 7 and state["log_history"][0]["step"] == 1  # history of steps 1-5 kept
 
 
+def test_installed_packages_train_and_write_the_card_without_the_repository(tmp_path):
+    """What `pip install` (not editable) puts in site-packages: setuptools' build of our packages with the package
+    data that setup.cfg declares (recipes, built-in corpus, metric modules, card templates). A run from that copy
+    alone, the repository off the path, must end with its Hub-ready folder and card."""
+    build, egg_base = tmp_path / "site-packages", tmp_path / "egg-info"
+    egg_base.mkdir()  # a fresh file list: a checkout's old *.egg-info/SOURCES.txt would add files setup.cfg omits
+    setup_py = [sys.executable, "-c", "from setuptools import setup; setup()", "-q"]
+    subprocess.run(
+        [*setup_py, "egg_info", "--egg-base", str(egg_base), "build_py", "--build-lib", str(build)],
+        cwd=REPO_ROOT, check=True, capture_output=True,
+    )  # fmt: skip
+    assert sorted(p.name for p in (build / "training" / "model_cards").glob("*.md")) == [
+        "language_model.md",
+        "translation.md",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(build), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    code = (
+        "import sys, training, hf_vanilla_transformer; "
+        "print('from', training.__file__, hf_vanilla_transformer.__file__); "
+        "from training.train_lm import main; from training.cli import run_main; run_main(main)"
+    )
+    recipe = build / "training" / "configs" / "shakespeare_char.yaml"
+    args = [recipe, *TINY, "--max_steps", "2", "--output_dir", tmp_path / "run", "--sample_tokens", "4"]
+    result = subprocess.run(
+        [sys.executable, "-c", code, *map(str, args), "--disable_tqdm", "true"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    imported_from = result.stdout.split("from ", 1)[1].split()[:2]
+    assert all(path.startswith(str(build)) for path in imported_from), imported_from  # not the repository
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert card.startswith("---\n") and "perplexity" in card
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Mistakes in the input: one `error:` line, exit code 2, no traceback
 

@@ -1,5 +1,5 @@
-"""Hub-ready output: the model card (rendered with `huggingface_hub.ModelCard` from a template in `model_cards/`)
-and the training-curve PNG, shared by both training scripts.
+"""Hub-ready output: the model card (rendered with `huggingface_hub.ModelCard` from a template in
+`training/model_cards/`) and the training-curve PNG, shared by both training scripts.
 """
 
 import json
@@ -7,7 +7,9 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-MODEL_CARDS_DIR = Path(__file__).resolve().parent.parent / "model_cards"
+# Inside the `training` package and declared as its package data (setup.cfg), so that the templates are installed
+# with it: a non-editable install has no repository around the package to find them in.
+MODEL_CARDS_DIR = Path(__file__).resolve().parent / "model_cards"
 
 
 def plot_training_curves(log_history: list[dict], path: str | Path, title: str = "training") -> Path | None:
@@ -58,7 +60,7 @@ def write_model_card(
     tags: list[str] | None = None,
     **template_kwargs,
 ) -> Path:
-    """Render `model_cards/<template>` into `output_dir/README.md` with YAML metadata and a `model-index` entry.
+    """Render `training/model_cards/<template>` into `output_dir/README.md` with YAML metadata and a `model-index` entry.
 
     `template_kwargs` fill the template's own `{{ variables }}` (recipe, figures, sample output, ...).
     """

@@ -204,7 +204,7 @@ class TranslationTrainer(Seq2SeqTrainer):
         )
 
     def create_model_card(self, *args, **kwargs):
-        """Keep the card that train_translation.py rendered from model_cards/translation.md."""
+        """Keep the card that train_translation.py rendered from training/model_cards/translation.md."""
         if not (Path(self.args.output_dir) / "README.md").is_file():
             super().create_model_card(*args, **kwargs)
 
