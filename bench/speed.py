@@ -10,12 +10,10 @@ import argparse
 import json
 import platform
 import statistics
-import subprocess
-import sys
 import time
 
 import torch
-from timing import process_memory_mib
+from timing import in_fresh_process, process_memory_mib
 from transformers import GPT2Config, GPT2LMHeadModel, MarianConfig, MarianMTModel
 
 from hf_vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
@@ -147,12 +145,6 @@ def peak_memory_child(kind, which):
     return process_memory_mib("VmHWM")
 
 
-def peak_memory_mib(kind, which):
-    code = f"import json, sys; sys.path.insert(0, 'bench'); import speed; print(speed.peak_memory_child({kind!r}, {which!r}))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    return float(out.strip().splitlines()[-1])
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=["gpt", "seq2seq", "decode", "memory"], action="append")
@@ -193,7 +185,7 @@ def main():
     if "memory" in groups:
         for kind, name in (("gpt", "GPT d384 (8x256)"), ("seq2seq", "enc-dec d512 6+6 (32x24)")):
             row(f"peak RSS of a training process, {name}", *(
-                peak_memory_mib(kind, w) for w in ("ours", "hf")), "MiB")  # fmt: skip
+                in_fresh_process("speed", "peak_memory_child", kind, w) for w in ("ours", "hf")), "MiB")  # fmt: skip
 
     print(f"\nmachine: {platform.machine()} {platform.processor() or ''}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")  # fmt: skip

@@ -8,12 +8,10 @@ three times (the logits themselves, N x V, are allocated before the start mark).
 """
 
 import statistics
-import subprocess
-import sys
 
 import torch
 import torch.nn.functional as F
-from timing import median_ms, process_memory_mib
+from timing import in_fresh_process, median_ms, process_memory_mib
 
 from hf_vanilla_transformer.vanilla_layers import token_loss
 
@@ -48,12 +46,6 @@ def peak_child(which, n, v, eps):
     return process_memory_mib("VmHWM") - start
 
 
-def peak_mib(which, n, v, eps):
-    code = f"import sys; sys.path.insert(0, 'bench'); import token_loss; print(token_loss.peak_child({which!r}, {n}, {v}, {eps}))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    return float(out.strip().splitlines()[-1])
-
-
 def main():
     for name, (n, v) in SIZES.items():
         logits, labels = inputs(n, v)
@@ -63,7 +55,7 @@ def main():
                 for which in LOSSES:
                     times[which].append(median_ms(forward_backward(which, logits, labels, eps), repeats=10, warmup=2))
             ms = {which: statistics.median(t) for which, t in times.items()}
-            mib = {which: peak_mib(which, n, v, eps) for which in LOSSES}
+            mib = {which: in_fresh_process("token_loss", "peak_child", which, n, v, eps) for which in LOSSES}
             print(
                 f"{name:<38} eps {eps:<3}  time: ours {ms['ours']:7.2f} ms, torch {ms['torch']:7.2f} ms, "
                 f"ratio {ms['ours'] / ms['torch']:.2f} | peak above logits: ours {mib['ours']:6.0f} MiB, "
