@@ -256,6 +256,18 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
 
+    def _reorder_cache(self, past_key_values: Cache, beam_idx: torch.LongTensor) -> Cache:
+        """Beam search (§6.1): `generate` calls this hook, when a model has it, after each step with the row each
+        surviving beam continues. Only the decoder's self-attention keys/values follow the beams. The encoder-
+        decoder attention keys/values of a sentence are the same in all its beam rows (`generate` repeats the
+        encoder output per beam) and beams never move between sentences, so gathering them would copy identical
+        rows: (B·beams, H, S, d_k) per layer, twice, every step (bench/README.md)."""
+        if isinstance(past_key_values, EncoderDecoderCache):
+            past_key_values.self_attention_cache.reorder_cache(beam_idx)
+        else:
+            past_key_values.reorder_cache(beam_idx)
+        return past_key_values
+
     def forward(
         self,
         input_ids=None,

@@ -195,12 +195,36 @@ def test_cached_greedy_equals_uncached(variant):
 
 
 def test_cached_beam_search_equals_uncached():
+    """Also the beam scores: our `_reorder_cache` moves only the decoder's self-attention cache with the beams
+    (the cross-attention keys/values are the same in every beam of a sentence). Without a cache nothing can be
+    reordered wrongly; a cache left unreordered changes the scores here even where it leaves the tokens alone."""
     model = tiny_model()
     source = source_batch()
-    kwargs = dict(num_beams=4, num_return_sequences=2, length_penalty=0.6, max_new_tokens=10)
+    kwargs = dict(
+        num_beams=4, num_return_sequences=2, length_penalty=0.6, max_new_tokens=10, min_new_tokens=10,
+        return_dict_in_generate=True, output_scores=True,
+    )  # fmt: skip
     cached = model.generate(source, use_cache=True, **kwargs)
-    assert cached.shape[0] == 6  # B * num_return_sequences
-    assert torch.equal(cached, model.generate(source, use_cache=False, **kwargs))
+    uncached = model.generate(source, use_cache=False, **kwargs)
+    assert cached.sequences.shape[0] == 6  # B * num_return_sequences
+    assert torch.equal(cached.sequences, uncached.sequences)
+    torch.testing.assert_close(cached.sequences_scores, uncached.sequences_scores)
+
+
+def test_reorder_cache_moves_self_attention_rows_and_keeps_cross_attention():
+    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+    model = tiny_model()
+    rows = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 2, 3, 5)  # (B·beams, H, len, d_k): row i holds i
+    cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+    cache.self_attention_cache.update(rows.clone(), rows.clone(), 0)
+    cross_keys, cross_values = cache.cross_attention_cache.update(rows.clone(), rows.clone(), 0)
+    beam_idx = torch.tensor([1, 1, 2, 2])  # two sentences x two beams; beams stay within their sentence
+    assert model._reorder_cache(cache, beam_idx) is cache
+    moved = cache.self_attention_cache.layers[0]
+    assert moved.keys[:, 0, 0, 0].tolist() == [1, 1, 2, 2] and moved.values[:, 0, 0, 0].tolist() == [1, 1, 2, 2]
+    assert cache.cross_attention_cache.layers[0].keys is cross_keys  # not copied
+    assert cache.cross_attention_cache.layers[0].values is cross_values
 
 
 @pytest.mark.parametrize("num_beams", [1, 4])
