@@ -26,6 +26,7 @@ from .vanilla_layers import (
     VanillaLayer,
     VanillaPreTrainedModel,
     advertise_auto_classes,
+    linear,
     positions_after_cache,
 )
 
@@ -152,7 +153,7 @@ class VanillaGPTForCausalLM(VanillaGPTPreTrainedModel, GenerationMixin):
         )
         # Generation needs only the last position's logits: (B, T_keep, d_model) with T_keep = 1, not T.
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(outputs.last_hidden_state[:, keep, :])  # (B, T_keep, vocab)
+        logits = linear(self.lm_head, outputs.last_hidden_state[:, keep, :])  # (B, T_keep, vocab)
 
         loss = None
         if labels is not None or shift_labels is not None:

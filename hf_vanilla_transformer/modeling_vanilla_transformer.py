@@ -27,6 +27,7 @@ from .vanilla_layers import (
     VanillaLayer,
     VanillaPreTrainedModel,
     advertise_auto_classes,
+    linear,
     positions_after_cache,
     token_loss,
 )
@@ -302,7 +303,7 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
         )
         hidden_states = outputs.last_hidden_state  # (B, T, d_model)
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden_states[:, keep, :])  # (B, T_keep, vocab)
+        logits = linear(self.lm_head, hidden_states[:, keep, :])  # (B, T_keep, vocab)
 
         loss = None
         if labels is not None:
