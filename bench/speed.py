@@ -91,10 +91,10 @@ def train_step_seconds(models, batch, steps, warmup=2):
     return [statistics.median(record) for record in times]
 
 
-def beam_decode_seconds(models, repeats):
-    """Median seconds of a beam-4 decode of 16 sentences by each model, the models taking turns."""
+def beam_decode_seconds(models, repeats, sentences=16):
+    """Median seconds of a beam-4 decode of `sentences` sentences by each model, the models taking turns."""
     g = torch.Generator().manual_seed(1)
-    source = torch.randint(3, VOCAB, (16, 24), generator=g)
+    source = torch.randint(3, VOCAB, (sentences, 24), generator=g)
     kwargs = dict(num_beams=4, max_new_tokens=24, min_new_tokens=24, length_penalty=0.6, do_sample=False)
     times = [[] for _ in models]
     with torch.inference_mode():
@@ -110,7 +110,8 @@ def beam_decode_seconds(models, repeats):
 
 
 def greedy_per_token_ms(model, new_tokens):
-    """Milliseconds per generated token for the first and the last quarter of a long greedy decode."""
+    """Milliseconds per generated token for the first and the last quarter of a long greedy decode of 4 rows (the
+    source sentences of a translation model, the prompts of a language model)."""
     model.eval()
     source = torch.randint(3, VOCAB, (4, 24), generator=torch.Generator().manual_seed(2))
     stamps = []
@@ -125,7 +126,7 @@ def greedy_per_token_ms(model, new_tokens):
     with torch.inference_mode():
         model.generate(
             source, num_beams=1, do_sample=False, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-            stopping_criteria=StoppingCriteriaList([Clock()]),
+            stopping_criteria=StoppingCriteriaList([Clock()]), pad_token_id=0,
         )  # fmt: skip
     gaps = [b - a for a, b in zip(stamps, stamps[1:])]
     quarter = len(gaps) // 4
@@ -182,6 +183,12 @@ def main():
         row("greedy ms/token, tokens 150-200 (d256) vs Marian", ours_last, hf_last, "ms")
         print(f"  greedy ms/token first quarter -> last quarter: ours {ours_first:.2f} -> {ours_last:.2f}, "
               f"Marian {hf_first:.2f} -> {hf_last:.2f}")  # fmt: skip
+        # The usual call of a translation service: one sentence, beam 4 (4 rows a step).
+        row("beam-4 decode 1 sent x 24 tokens d256 vs Marian", *beam_decode_seconds((ours, hf), args.repeats, 1), "s")
+        ours, hf = gpt_pair(dropout=0.0)
+        runs = [[greedy_per_token_ms(m, 200) for m in (ours, hf)] for _ in range(args.repeats)]
+        ours_last, hf_last = (statistics.median(run[i][1] for run in runs) for i in (0, 1))
+        row("GPT greedy ms/token, tokens 150-200 (d384 L6) vs GPT2", ours_last, hf_last, "ms")
     if "memory" in groups:
         for kind, name in (("gpt", "GPT d384 (8x256)"), ("seq2seq", "enc-dec d512 6+6 (32x24)")):
             row(f"peak RSS of a training process, {name}", *(
