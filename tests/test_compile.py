@@ -26,3 +26,15 @@ def test_training_step_compiles_to_one_graph_with_eager_results(kind):
     torch.testing.assert_close(loss, eager_loss)
     for name, grad in eager_grads.items():
         torch.testing.assert_close(dict(model.named_parameters())[name].grad, grad, msg=name)
+
+
+@pytest.mark.parametrize("kind", ["gpt", "encoder-decoder"])
+def test_decoding_step_with_few_rows_compiles_to_one_graph(kind):
+    """A decoding step's 2 rows take `vanilla_layers.linear`'s few-rows path, which must trace as one graph too."""
+    torch._dynamo.reset()
+    model = (test_gpt.tiny_model if kind == "gpt" else test_encoder_decoder.tiny_model)().eval()
+    ids = torch.randint(3, 99, (2, 1), generator=torch.Generator().manual_seed(0))
+    inputs = dict(input_ids=ids) if kind == "gpt" else dict(input_ids=ids.repeat(1, 5), decoder_input_ids=ids)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(**inputs).logits, model(**inputs).logits)
