@@ -59,7 +59,7 @@ def linear(module: nn.Module, input: torch.Tensor) -> torch.Tensor:
     torch's CPU x W^T (MKL) reads W far below memory bandwidth when x has 1-8 rows: a 384 x 1536 weight takes
     240-360 µs here, against 95-180 µs for the same product written (W x^T)^T, the weight as the left operand
     (one row is doubled first: a single column takes the slow path again). Decoding reads every weight once per
-    step, so this is most of a step: greedy and beam decoding of 1-8 rows get 1.3-2.3x faster (bench/README.md,
+    step, so this is most of a step: greedy and beam decoding of 1-8 rows get 1.2-2.3x faster (bench/README.md,
     `python bench/few_rows.py`). Same result up to rounding. Only a plain `nn.Linear` without hooks takes the
     path: a LoRA-wrapped, quantised, parametrised or hooked map (accelerate's offloading replaces `forward`) is
     called as it is, and so is everything on GPU, in other dtypes or with more rows.
