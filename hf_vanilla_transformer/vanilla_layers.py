@@ -62,7 +62,8 @@ def linear(module: nn.Module, input: torch.Tensor) -> torch.Tensor:
     step, so this is most of a step: greedy and beam decoding of 1-8 rows get 1.2-2.3x faster (bench/README.md,
     `python bench/few_rows.py`). Same result up to rounding. Only a plain `nn.Linear` without hooks takes the
     path: a LoRA-wrapped, quantised, parametrised or hooked map (accelerate's offloading replaces `forward`) is
-    called as it is, and so is everything on GPU, in other dtypes or with more rows.
+    called as it is, and so is everything on GPU, in other dtypes or with more rows. Measured on an AMD EPYC
+    with torch's MKL; `FEW_ROWS = 0` turns the path off.
     """
     rows = input.numel() // input.shape[-1]
     if (
