@@ -95,3 +95,12 @@ def test_wrapped_or_hooked_maps_are_called_as_they_are():
     original = replaced.forward
     replaced.forward = lambda input: original(input) - 3  # what accelerate's hooks do to `forward`
     torch.testing.assert_close(linear(replaced, x), nn.functional.linear(x, replaced.weight, replaced.bias) - 3)
+
+
+def test_few_rows_zero_turns_the_path_off(monkeypatch):
+    from hf_vanilla_transformer import vanilla_layers
+
+    monkeypatch.setattr(vanilla_layers, "FEW_ROWS", 0)
+    with torch.no_grad(), ProductShapes() as products:
+        vanilla_layers.linear(layer(d_out=40), torch.randn(2, 1, 24))
+    assert products.shapes == [(2, 40)]
