@@ -156,6 +156,25 @@ def attention_kernels(model, ids, device) -> str:
     return f"{', '.join(names)}; {flash_alone}"
 
 
+def row(name, ours, hf, unit, extra=""):
+    print(f"{name:<46} ours {ours:10.4f} {unit:<4} HF {hf:10.4f} {unit:<4} ratio {ours / hf:5.2f}  {extra}", flush=True)
+
+
+def compare_modes(title, pair, batch, device, args, modes, describe):
+    """One row per (label, bf16, compile backend) mode: the training steps of ours and HF's model in turns, then
+    `describe(t_ours, t_hf)`; after the "bf16 eager" row, the CUDA memory of a step. Ours compiles with fullgraph."""
+    for label, bf16, backend in modes:
+        torch._dynamo.reset()
+        steps = [Step(m, batch, device, bf16, backend, fullgraph=m is pair[0]) for m in pair]
+        t_ours, t_hf = in_turns(steps, args.steps, args.warmup)
+        row(f"{title} step, {label}", t_ours, t_hf, "s", describe(t_ours, t_hf))
+        if label == "bf16 eager":
+            memory = [step_memory_mib(step, device) for step in steps]
+            if memory[0] is not None:
+                row(f"{title} step memory above the model, bf16", memory[0], memory[1], "MiB")
+        del steps
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda")
@@ -172,12 +191,6 @@ def main():
     torch.manual_seed(0)
     peak = peak_tflops(device, args.peak_tflops)
 
-    def row(name, ours, hf, unit, extra=""):
-        print(
-            f"{name:<46} ours {ours:10.4f} {unit:<4} HF {hf:10.4f} {unit:<4} ratio {ours / hf:5.2f}  {extra}",
-            flush=True,
-        )
-
     # --- GPT, gpt2 preset
     ours, hf = gpt_pair(args.small)
     seq = ours.config.max_position_embeddings
@@ -189,19 +202,13 @@ def main():
     flops_per_step = (6 * matmul_params(ours) + 12 * c.num_layers * seq * c.d_model) * tokens
     print(f"GPT: {matmul_params(ours) / 1e6:.1f}M matrix parameters, {tokens} tokens a step, "
           f"{flops_per_step / 1e12:.2f} TFLOP a step; peak {peak or 'unknown'} TFLOP/s")  # fmt: skip
-    for label, bf16, backend in (("fp32 eager", False, None), ("bf16 eager", True, None),
-                                 ("bf16 compiled", True, args.compile_backend)):  # fmt: skip
-        torch._dynamo.reset()
-        steps = [Step(m, batch, device, bf16, backend, fullgraph=m is ours) for m in (ours, hf)]
-        t_ours, t_hf = in_turns(steps, args.steps, args.warmup)
-        mfu = (lambda t: f"{100 * flops_per_step / t / (peak * 1e12):.1f}%") if peak else (lambda t: "n/a")
-        row(f"GPT gpt2 step, {label}", t_ours, t_hf, "s",
-            f"tokens/s ours {tokens / t_ours:,.0f} HF {tokens / t_hf:,.0f}; MFU ours {mfu(t_ours)} HF {mfu(t_hf)}")  # fmt: skip
-        if label == "bf16 eager":
-            mem = [step_memory_mib(s, device) for s in steps]
-            if mem[0] is not None:
-                row("GPT step memory above the model, bf16", mem[0], mem[1], "MiB")
-        del steps
+    mfu = (lambda t: f"{100 * flops_per_step / t / (peak * 1e12):.1f}%") if peak else (lambda t: "n/a")
+    compare_modes(
+        "GPT gpt2", (ours, hf), batch, device, args,
+        (("fp32 eager", False, None), ("bf16 eager", True, None), ("bf16 compiled", True, args.compile_backend)),
+        lambda t_ours, t_hf: f"tokens/s ours {tokens / t_ours:,.0f} HF {tokens / t_hf:,.0f}; "
+                             f"MFU ours {mfu(t_ours)} HF {mfu(t_hf)}",
+    )  # fmt: skip
     print("GPT attention kernels (ours, bf16 forward):", attention_kernels(ours.to(device), ids[:2].to(device), device))
     print("GPT attention kernels (HF, bf16 forward):  ", attention_kernels(hf.to(device), ids[:2].to(device), device))
     del ours, hf
@@ -215,17 +222,11 @@ def main():
         input_ids=torch.randint(3, vocab, (rows, length), generator=g),
         labels=torch.randint(3, vocab, (rows, length), generator=g),
     )
-    for label, backend in (("bf16 eager", None), ("bf16 compiled", args.compile_backend)):
-        torch._dynamo.reset()
-        steps = [Step(m, batch, device, True, backend, fullgraph=m is ours) for m in (ours, hf)]
-        t_ours, t_hf = in_turns(steps, args.steps, args.warmup)
-        row(f"enc-dec base step, {label}", t_ours, t_hf, "s",
-            f"target tokens/s ours {rows * length / t_ours:,.0f} HF {rows * length / t_hf:,.0f}")  # fmt: skip
-        if label == "bf16 eager":
-            mem = [step_memory_mib(s, device) for s in steps]
-            if mem[0] is not None:
-                row("enc-dec step memory above the model, bf16", mem[0], mem[1], "MiB")
-        del steps
+    compare_modes(
+        "enc-dec base", (ours, hf), batch, device, args,
+        (("bf16 eager", True, None), ("bf16 compiled", True, args.compile_backend)),
+        lambda t_ours, t_hf: f"target tokens/s ours {rows * length / t_ours:,.0f} HF {rows * length / t_hf:,.0f}",
+    )  # fmt: skip
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     print(f"\ndevice: {name}, torch {torch.__version__}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
