@@ -5,13 +5,13 @@ exactly as inductor would receive them, without inductor's code generation (seco
 import pytest
 import torch
 
-from tests import test_encoder_decoder, test_gpt
+from tests.test_precision import tiny
 
 
 @pytest.mark.parametrize("kind", ["gpt", "encoder-decoder"])
 def test_training_step_compiles_to_one_graph_with_eager_results(kind):
     torch._dynamo.reset()
-    model = (test_gpt.tiny_model if kind == "gpt" else test_encoder_decoder.tiny_model)(dropout=0.0).train()
+    model = tiny(kind, "cpu").train()  # dropout 0, SDPA
     ids = torch.randint(3, 99, (2, 12), generator=torch.Generator().manual_seed(0))
     batch = dict(input_ids=ids, labels=ids)
 
@@ -32,7 +32,7 @@ def test_training_step_compiles_to_one_graph_with_eager_results(kind):
 def test_decoding_step_with_few_rows_compiles_to_one_graph(kind):
     """A decoding step's 2 rows take `vanilla_layers.linear`'s few-rows path, which must trace as one graph too."""
     torch._dynamo.reset()
-    model = (test_gpt.tiny_model if kind == "gpt" else test_encoder_decoder.tiny_model)().eval()
+    model = tiny(kind, "cpu").eval()
     ids = torch.randint(3, 99, (2, 1), generator=torch.Generator().manual_seed(0))
     inputs = dict(input_ids=ids) if kind == "gpt" else dict(input_ids=ids.repeat(1, 5), decoder_input_ids=ids)
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
